@@ -1,0 +1,1 @@
+"""Subcommands of the `speakertrip` command; each module defines `register(subparsers)`."""
