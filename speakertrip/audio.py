@@ -1,0 +1,169 @@
+"""Reading audio: whole files, in-memory signals and partial crops, with errors that name the file.
+
+soundfile reads wav, flac and ogg at any sample rate and channel count; torchaudio resamples.
+Signals come back mono float32 in [-1, 1], except :func:`read_crop`, which keeps 16-bit PCM
+as int16 (half the bytes to move through a DataLoader; :func:`to_float` converts on the device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from speakertrip.errors import AudioError
+
+PathLike = Union[str, Path]
+Signal = Union[np.ndarray, torch.Tensor]
+_INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.int8): 128.0,
+              torch.int16: 32768.0, torch.int32: 2147483648.0, torch.int8: 128.0}
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the header of an audio file says."""
+
+    frames: int
+    sample_rate: int
+    channels: int
+    subtype: str
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def _open(path: PathLike) -> sf.SoundFile:
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such audio file" + (" (it is a directory)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    try:
+        return sf.SoundFile(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        hint = " Convert m4a/aac with `speakertrip convert`." if path.suffix.lower() in {".m4a", ".aac", ".mp4"} else ""
+        raise AudioError(f"{path}: not a readable audio file (expected wav, flac or ogg): {error}.{hint}") from None
+
+
+def audio_info(path: PathLike) -> AudioInfo:
+    """Frames, sample rate, channels and sample format of ``path``, read from its header."""
+    with _open(path) as handle:
+        return AudioInfo(handle.frames, handle.samplerate, handle.channels, handle.subtype)
+
+
+def to_float(waves: Signal) -> Signal:
+    """Integer PCM → float32 in [-1, 1); float input is returned as float32. Works on any device.
+
+    >>> to_float(torch.tensor([-32768, 16384], dtype=torch.int16)).tolist()
+    [-1.0, 0.5]
+    """
+    if isinstance(waves, torch.Tensor):
+        if waves.is_floating_point():
+            return waves.float()
+        return waves.float() / _INT_SCALE[waves.dtype]
+    waves = np.asarray(waves)
+    if np.issubdtype(waves.dtype, np.floating):
+        return waves.astype(np.float32, copy=False)
+    if waves.dtype not in _INT_SCALE:
+        raise AudioError(f"unsupported sample type {waves.dtype}; expected int8/16/32 or float")
+    return (waves.astype(np.float32) / _INT_SCALE[waves.dtype]).astype(np.float32)
+
+
+def resample(signal: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Band-limited resampling with torchaudio; signal (T,) float32 → (T * target / sample_rate,)."""
+    if sample_rate == target_rate:
+        return signal
+    import torchaudio.functional
+
+    return torchaudio.functional.resample(torch.from_numpy(signal), sample_rate, target_rate).numpy()
+
+
+def prepare_waveform(signal: Signal, sample_rate: int, target_rate: int | None = None,
+                     min_duration: float = 0.0, name: str = "<array>") -> np.ndarray:
+    """Validate an in-memory signal and make it mono float32 at ``target_rate``.
+
+    Parameters
+    ----------
+    signal : (T,) or 2-D with channels on the shorter axis ((T, C) as soundfile, (C, T) as torchaudio)
+    sample_rate : rate of ``signal`` in Hz
+    target_rate : resample to this rate; None keeps ``sample_rate``
+    min_duration : seconds; shorter signals raise AudioError
+    name : how errors refer to the signal (a file name when it came from one)
+
+    Returns
+    -------
+    np.ndarray float32 (T',)
+
+    >>> prepare_waveform(np.ones((8000, 2), np.float32) * 0.1, 8000, 16000).shape
+    (16000,)
+    """
+    if isinstance(signal, torch.Tensor):
+        signal = signal.detach().cpu().numpy()
+    signal = to_float(np.asarray(signal))
+    if signal.ndim == 2:
+        signal = signal.mean(axis=int(np.argmin(signal.shape)), dtype=np.float32)
+    if signal.ndim != 1:
+        raise AudioError(f"{name}: expected a 1-D or 2-D (channels) signal, got shape {signal.shape}")
+    if sample_rate <= 0:
+        raise AudioError(f"{name}: sample rate must be positive, got {sample_rate}")
+    if signal.size == 0:
+        raise AudioError(f"{name}: no samples (empty audio)")
+    if not np.isfinite(signal).all():
+        raise AudioError(f"{name}: contains NaN or infinite samples ({int((~np.isfinite(signal)).sum())} of {signal.size})")
+    if not signal.any():
+        raise AudioError(f"{name}: all samples are zero (silent audio)")
+    duration = signal.size / sample_rate
+    if duration < min_duration:
+        raise AudioError(f"{name}: {duration:.3f} s of audio is shorter than the minimum {min_duration:g} s")
+    return resample(np.ascontiguousarray(signal, dtype=np.float32), sample_rate, target_rate or sample_rate)
+
+
+def load_audio(path: PathLike, sample_rate: int | None = None, min_duration: float = 0.0) -> np.ndarray:
+    """Read a whole file as mono float32, resampled to ``sample_rate`` when given.
+
+    >>> load_audio("speaker1/utt1.wav", sample_rate=16000)  # doctest: +SKIP
+    array([ 0.0012, ...], dtype=float32)
+
+    Raises AudioError naming the file when it is missing, empty, not audio, corrupt, silent,
+    holds NaN/inf or is shorter than ``min_duration`` seconds.
+    """
+    with _open(path) as handle:
+        rate = handle.samplerate
+        try:
+            signal = handle.read(dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise AudioError(f"{path}: corrupt audio data: {error}") from None
+    return prepare_waveform(signal, rate, sample_rate, min_duration, name=str(path))
+
+
+def read_crop(path: PathLike, start: int, num_frames: int, sample_rate: int | None = None) -> np.ndarray:
+    """Read ``num_frames`` frames from ``start`` (both at ``sample_rate``) without reading the rest.
+
+    Returns (n,) mono with n <= num_frames (fewer at the end of the file): int16 when the file is
+    16-bit PCM and needs no resampling, float32 otherwise. Crops are not checked for silence.
+    """
+    if start < 0 or num_frames < 0:
+        raise AudioError(f"{path}: crop start ({start}) and length ({num_frames}) must be >= 0")
+    with _open(path) as handle:
+        rate = handle.samplerate
+        target = sample_rate or rate
+        native = handle.subtype == "PCM_16" and target == rate
+        first = start * rate // target
+        count = -(-num_frames * rate // target) + (0 if target == rate else 16)
+        try:
+            handle.seek(min(first, handle.frames))
+            block = handle.read(count, dtype="int16" if native else "float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise AudioError(f"{path}: corrupt audio data: {error}") from None
+    if block.shape[1] > 1:
+        block = block.mean(axis=1, dtype=np.float32).astype(block.dtype)
+    else:
+        block = block[:, 0]
+    if not native:
+        block = resample(np.ascontiguousarray(block, dtype=np.float32), rate, target)
+    return np.ascontiguousarray(block[:num_frames])
