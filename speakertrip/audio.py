@@ -46,8 +46,9 @@ def _open(path: PathLike) -> sf.SoundFile:
     try:
         return sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+        reason = getattr(error, "error_string", str(error)).rstrip(".")
         hint = " Convert m4a/aac with `speakertrip convert`." if path.suffix.lower() in {".m4a", ".aac", ".mp4"} else ""
-        raise AudioError(f"{path}: not a readable audio file (expected wav, flac or ogg): {error}.{hint}") from None
+        raise AudioError(f"{path}: not a readable audio file (expected wav, flac or ogg): {reason}.{hint}") from None
 
 
 def audio_info(path: PathLike) -> AudioInfo:
@@ -105,14 +106,14 @@ def prepare_waveform(signal: Signal, sample_rate: int, target_rate: int | None =
     if isinstance(signal, torch.Tensor):
         signal = signal.detach().cpu().numpy()
     signal = to_float(np.asarray(signal))
+    if signal.size == 0:
+        raise AudioError(f"{name}: no samples (empty audio)")
     if signal.ndim == 2:
         signal = signal.mean(axis=int(np.argmin(signal.shape)), dtype=np.float32)
     if signal.ndim != 1:
         raise AudioError(f"{name}: expected a 1-D or 2-D (channels) signal, got shape {signal.shape}")
     if sample_rate <= 0:
         raise AudioError(f"{name}: sample rate must be positive, got {sample_rate}")
-    if signal.size == 0:
-        raise AudioError(f"{name}: no samples (empty audio)")
     if not np.isfinite(signal).all():
         raise AudioError(f"{name}: contains NaN or infinite samples ({int((~np.isfinite(signal)).sum())} of {signal.size})")
     if not signal.any():
@@ -138,7 +139,8 @@ def load_audio(path: PathLike, sample_rate: int | None = None, min_duration: flo
             signal = handle.read(dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as error:
             raise AudioError(f"{path}: corrupt audio data: {error}") from None
-    return prepare_waveform(signal, rate, sample_rate, min_duration, name=str(path))
+    mono = signal[:, 0] if signal.shape[1] == 1 else signal.mean(axis=1, dtype=np.float32)
+    return prepare_waveform(mono, rate, sample_rate, min_duration, name=str(path))
 
 
 def read_crop(path: PathLike, start: int, num_frames: int, sample_rate: int | None = None) -> np.ndarray:

@@ -1,0 +1,105 @@
+"""Tiny corpora for tests and bug reports: speech-like wav trees in the VoxCeleb layout, bad files.
+
+>>> from speakertrip.testing import make_voxceleb_tree
+>>> root = make_voxceleb_tree(tmp_path)                      # doctest: +SKIP
+>>> sorted(p.relative_to(root / "wav").as_posix() for p in (root / "wav").rglob("*.wav"))[:1]  # doctest: +SKIP
+['id10001/aB3dE5fG7hJ/00001.wav']
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+VOWEL_FORMANTS = np.array([[730, 1090, 2440], [270, 2290, 3010], [300, 870, 2240], [530, 1840, 2480], [570, 840, 2410]])
+
+
+def speech_like(speaker: int, duration: float, sample_rate: int = 16000, seed: int = 0) -> np.ndarray:
+    """A voiced, syllabic signal whose pitch and formants belong to ``speaker``; float32 (T,).
+
+    The speaker fixes the mean pitch (85–255 Hz), a vocal-tract length factor that scales the
+    formants, and the spectral tilt; ``seed`` varies the pitch contour, vowels, syllable rhythm
+    and noise of one utterance, so that utterances of one speaker differ but stay alike.
+    """
+    voice = np.random.default_rng(10_000 + speaker)
+    f0_mean, tract, tilt = voice.uniform(85, 255), voice.uniform(0.8, 1.25), voice.uniform(0.6, 1.4)
+    rng = np.random.default_rng([speaker, seed])
+    count = max(1, int(round(duration * sample_rate)))
+    t = np.arange(count) / sample_rate
+    f0 = f0_mean * (1 + rng.uniform(-0.1, 0.1) * t / max(duration, 1e-3) + 0.03 * np.sin(2 * np.pi * rng.uniform(3, 6) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    syllable_rate = rng.uniform(3.0, 5.0)
+    syllable = np.floor(t * syllable_rate).astype(int)
+    vowels = VOWEL_FORMANTS[rng.integers(0, len(VOWEL_FORMANTS), syllable.max() + 1)][syllable] / tract
+    signal = np.zeros(count)
+    for harmonic in range(1, int(sample_rate / 2 / f0.max())):
+        frequency = harmonic * f0
+        gain = sum(1.0 / (1.0 + ((frequency - vowels[:, i]) / (60.0 + 40 * i)) ** 2) for i in range(3))
+        signal += gain * harmonic ** -tilt * np.sin(harmonic * phase)
+    envelope = np.clip(np.sin(np.pi * (t * syllable_rate % 1.0)), 0, None) ** 0.5
+    signal = signal * envelope + 0.01 * rng.standard_normal(count)
+    return (0.3 * signal / np.abs(signal).max()).astype(np.float32)
+
+
+def _video_id(rng: np.random.Generator) -> str:
+    alphabet = np.array(list(string.ascii_letters + string.digits + "-_"))
+    return "".join(rng.choice(alphabet, 11))
+
+
+def make_voxceleb_tree(root: str | Path, num_speakers: int = 4, sessions: int = 2, utterances_per_session: int = 2,
+                       duration: tuple[float, float] = (1.0, 2.0), sample_rate: int = 16000, seed: int = 0,
+                       trial_list: bool = True) -> Path:
+    """Write ``<root>/wav/idNNNNN/<video>/<utt>.wav`` and, if asked, ``<root>/veri_test2.txt``.
+
+    Speakers are ``id10001``, ``id10002``, ...; each has ``sessions`` videos of
+    ``utterances_per_session`` 16-bit wav files with durations drawn from ``duration`` seconds.
+    The trial list (VoxCeleb format, ``label enrol test``, keys relative to ``wav/``) pairs every
+    two utterances of the last half of the speakers (at least two), as Vox1-O holds out test
+    speakers. Returns ``root``.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    keys: dict[str, list[str]] = {}
+    for number in range(num_speakers):
+        speaker = f"id{10001 + number}"
+        for _ in range(sessions):
+            video = _video_id(rng)
+            for utterance in range(1, utterances_per_session + 1):
+                key = f"{speaker}/{video}/{utterance:05d}.wav"
+                path = root / "wav" / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                signal = speech_like(number + 1000 * seed, rng.uniform(*duration), sample_rate, int(rng.integers(1 << 31)))
+                sf.write(path, signal, sample_rate, subtype="PCM_16")
+                keys.setdefault(speaker, []).append(key)
+    if trial_list and num_speakers >= 2:
+        held_out = [key for speaker in sorted(keys)[-max(2, num_speakers // 2):] for key in keys[speaker]]
+        lines = [f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}"
+                 for i, a in enumerate(held_out) for b in held_out[i + 1:]]
+        (root / "veri_test2.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def write_bad_audio(directory: str | Path, sample_rate: int = 16000) -> dict[str, Path]:
+    """Write one file of each kind of bad input that readers must reject; returns kind → path.
+
+    Kinds: ``missing`` (not written), ``empty`` (0 bytes), ``no_frames`` (a wav header, no
+    samples), ``not_audio`` (text), ``corrupt`` (a RIFF header followed by garbage), ``silent``
+    (all zeros), ``nan`` (float wav holding NaN), ``short`` (0.05 s of speech).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {kind: directory / f"{kind}.wav" for kind in
+             ("missing", "empty", "no_frames", "not_audio", "corrupt", "silent", "nan", "short")}
+    paths["empty"].write_bytes(b"")
+    sf.write(paths["no_frames"], np.zeros(0, np.float32), sample_rate, subtype="PCM_16")
+    paths["not_audio"].write_text("utt_id spk_id\nthis is not audio\n")
+    paths["corrupt"].write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(range(7, 200)))
+    sf.write(paths["silent"], np.zeros(sample_rate // 2, np.float32), sample_rate, subtype="PCM_16")
+    nan_signal = speech_like(0, 0.5, sample_rate)
+    nan_signal[100] = np.nan
+    sf.write(paths["nan"], nan_signal, sample_rate, subtype="FLOAT")
+    sf.write(paths["short"], speech_like(0, 0.05, sample_rate), sample_rate, subtype="PCM_16")
+    return paths
