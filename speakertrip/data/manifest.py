@@ -1,0 +1,162 @@
+"""Manifests: one JSON object per utterance (``utt_id, spk_id, path, duration, sample_rate, num_frames``).
+
+Relative paths are resolved against the manifest's folder when read. Building a manifest reads
+every file's header in parallel (threads: libsndfile releases the GIL) and lists every problem
+(missing file, unreadable audio, duplicate id) in one report, or drops them with ``skip_bad``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tqdm import tqdm
+
+from speakertrip.audio import audio_info, load_audio
+from speakertrip.errors import FormatError, SpeakertripError
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One audio file of one speaker; ``num_frames`` samples at ``sample_rate`` (the file's own)."""
+
+    utt_id: str
+    spk_id: str
+    path: str
+    duration: float
+    sample_rate: int
+    num_frames: int
+
+
+FIELD_TYPES = {"utt_id": str, "spk_id": str, "path": str, "duration": (int, float), "sample_rate": int, "num_frames": int}
+
+
+class BadEntriesError(SpeakertripError):
+    """Entries that cannot go into a manifest; ``problems`` lists ``(utt_id, reason)``."""
+
+    def __init__(self, problems: list[tuple[str, str]], shown: int = 20):
+        self.problems = problems
+        lines = [f"  {utt_id}: {reason}" for utt_id, reason in problems[:shown]]
+        more = [f"  ... and {len(problems) - shown} more"] if len(problems) > shown else []
+        super().__init__(f"{len(problems)} bad entries (pass --skip-bad / skip_bad=True to drop them):\n"
+                         + "\n".join(lines + more))
+
+
+def _parse_row(text: str, path: Path, line_no: int) -> Utterance:
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise FormatError(f"not valid JSON ({error.msg})", path, line_no, text) from None
+    if not isinstance(row, dict):
+        raise FormatError("expected a JSON object", path, line_no, text)
+    missing = [name for name in FIELD_TYPES if name not in row and name != "num_frames"]
+    unknown = sorted(set(row) - set(FIELD_TYPES))
+    if missing or unknown:
+        detail = (f"missing keys: {', '.join(missing)}" if missing else "") + \
+                 ("; " if missing and unknown else "") + (f"unknown keys: {', '.join(unknown)}" if unknown else "")
+        raise FormatError(f"{detail} (expected {', '.join(FIELD_TYPES)})", path, line_no, text)
+    for name, kind in FIELD_TYPES.items():
+        if name == "num_frames" and name not in row:  # older manifests: derive it from the duration
+            row[name] = round(row["duration"] * row["sample_rate"])
+        if not isinstance(row[name], kind) or isinstance(row[name], bool):
+            raise FormatError(f"{name} must be {getattr(kind, '__name__', 'a number')}, got {row[name]!r}",
+                              path, line_no, text)
+    if row["duration"] <= 0 or row["sample_rate"] <= 0 or row["num_frames"] <= 0 or not row["utt_id"]:
+        raise FormatError("utt_id must be non-empty; duration, sample_rate and num_frames positive", path, line_no, text)
+    if not os.path.isabs(row["path"]):
+        row["path"] = os.path.normpath(path.parent / row["path"])
+    return Utterance(**{**row, "duration": float(row["duration"])})
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """Read a JSONL manifest; a bad row or a repeated ``utt_id`` raises FormatError with file:line.
+
+    >>> utterances = read_manifest("data/vox1/train.jsonl")  # doctest: +SKIP
+    >>> utterances[0].spk_id                                  # doctest: +SKIP
+    'id10001'
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError("no such manifest file", path)
+    utterances, first_line = [], {}
+    with open(path, encoding="utf-8") as handle:
+        for line_no, text in enumerate(handle, 1):
+            if not text.strip():
+                continue
+            utterance = _parse_row(text, path, line_no)
+            if utterance.utt_id in first_line:
+                raise FormatError(f"duplicate utt_id {utterance.utt_id!r} (first on line "
+                                  f"{first_line[utterance.utt_id]})", path, line_no, text)
+            first_line[utterance.utt_id] = line_no
+            utterances.append(utterance)
+    return utterances
+
+
+def write_manifest(utterances: Iterable[Utterance], path: str | Path) -> Path:
+    """Write ``utterances`` as JSONL, atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        for utterance in utterances:
+            handle.write(json.dumps(asdict(utterance), ensure_ascii=False) + "\n")
+    os.replace(temporary, path)
+    return path
+
+
+def build_utterances(entries: Sequence[tuple[str, str, str | Path]], skip_bad: bool = False, workers: int = 8,
+                     deep: bool = False, min_duration: float = 0.0,
+                     progress: bool = True) -> tuple[list[Utterance], list[tuple[str, str]]]:
+    """Read headers of ``(utt_id, spk_id, path)`` entries in parallel and make utterances.
+
+    ``deep`` also decodes every file to reject silent or NaN-bearing audio. Missing files,
+    unreadable audio, audio shorter than ``min_duration`` seconds and duplicate ids are
+    collected; with ``skip_bad`` they are dropped and returned as ``(utt_id, reason)``,
+    otherwise BadEntriesError lists them all.
+    """
+    problems, seen, unique = [], {}, []
+    for utt_id, spk_id, path in entries:
+        if utt_id in seen:
+            problems.append((utt_id, f"duplicate utt_id: {path} and {seen[utt_id]}"))
+        else:
+            seen[utt_id] = path
+            unique.append((utt_id, spk_id, str(path)))
+
+    def inspect(entry: tuple[str, str, str]) -> Utterance | tuple[str, str]:
+        utt_id, spk_id, path = entry
+        try:
+            info = audio_info(path)
+            if deep:
+                load_audio(path)
+            if info.frames == 0 or info.duration < min_duration:
+                return utt_id, f"{path}: {info.duration:.3f} s is shorter than the minimum {min_duration:g} s"
+        except SpeakertripError as error:
+            return utt_id, str(error)
+        return Utterance(utt_id, spk_id, path, info.duration, info.sample_rate, info.frames)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = list(tqdm(pool.map(inspect, unique, chunksize=64), total=len(unique), desc="reading headers",
+                            unit="file", disable=not progress, leave=False))
+    utterances = [result for result in results if isinstance(result, Utterance)]
+    problems += [result for result in results if not isinstance(result, Utterance)]
+    if problems and not skip_bad:
+        raise BadEntriesError(problems)
+    return utterances, problems
+
+
+def check_manifest(utterances: Sequence[Utterance], workers: int = 8, deep: bool = False,
+                   progress: bool = True) -> list[tuple[str, str]]:
+    """Re-read every file of a manifest; returns ``(utt_id, problem)`` for files that changed or broke."""
+    rebuilt, problems = build_utterances([(u.utt_id, u.spk_id, u.path) for u in utterances], skip_bad=True,
+                                         workers=workers, deep=deep, progress=progress)
+    recorded = {u.utt_id: u for u in utterances}
+    for utterance in rebuilt:
+        before = recorded[utterance.utt_id]
+        if (before.num_frames, before.sample_rate) != (utterance.num_frames, utterance.sample_rate):
+            problems.append((utterance.utt_id, f"{utterance.path}: manifest says {before.num_frames} frames at "
+                             f"{before.sample_rate} Hz, the file has {utterance.num_frames} at {utterance.sample_rate} Hz"))
+    return problems
