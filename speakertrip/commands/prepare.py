@@ -10,6 +10,7 @@ import argparse
 import importlib
 
 CORPORA: tuple[str, ...] = (
+    "voxceleb",
 )
 
 

@@ -1,0 +1,163 @@
+"""VoxCeleb1 (dev/test) and VoxCeleb2 (dev) preparation: manifests, trial lists, a speaker split.
+
+Any audio file whose last three path parts are ``idNNNNN/<video>/<utt>.wav`` (or ``.flac``)
+is an utterance, wherever it sits under the root: ``<root>/wav/...``, ``<root>/...``,
+``<root>/dev/aac/...`` (VoxCeleb2 after ``speakertrip convert``) or several such trees at once.
+Its ``utt_id`` is those three parts, exactly the key that VoxCeleb trial lists use.
+
+Trial lists are the files given with ``trials`` plus any of the official names found under the
+root (Vox1-O ``veri_test.txt``, Vox1-E ``list_test_all.txt``, Vox1-H ``list_test_hard.txt`` and
+their cleaned ``...2.txt`` versions). The speakers of every list except Vox1-E/H (which span
+all of VoxCeleb1) are held out: ``test.jsonl`` holds them, ``train.jsonl`` the others, as
+VoxCeleb1 users train on "Vox1 dev" = Vox1 minus the Vox1-O speakers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+from speakertrip.data.manifest import Utterance, build_utterances, write_manifest
+from speakertrip.errors import FormatError, SpeakertripError
+
+OFFICIAL_TRIALS = ("veri_test.txt", "veri_test2.txt", "list_test_all.txt", "list_test_all2.txt",
+                   "list_test_hard.txt", "list_test_hard2.txt")
+WHOLE_VOX1_TRIALS = ("list_test_all", "list_test_hard")  # Vox1-E/H: not a speaker split
+AUDIO_SUFFIXES = (".wav", ".flac")
+SPEAKER = re.compile(r"^id\d+$")
+
+
+def read_voxceleb_trials(path: str | Path) -> list[tuple[int, str, str]]:
+    """Read ``label enrol_key test_key`` lines; FormatError with file:line for a malformed one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError("no such trial list", path)
+    trials = []
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 3 or fields[0] not in ("0", "1"):
+                raise FormatError("expected 'label enrol_key test_key' with label 0 or 1 (VoxCeleb format)",
+                                  path, line_no, line)
+            trials.append((int(fields[0]), fields[1], fields[2]))
+    if not trials:
+        raise FormatError("trial list is empty", path)
+    return trials
+
+
+def find_voxceleb_files(root: Path) -> tuple[list[tuple[str, Path]], list[Path], int]:
+    """Walk ``root``: ``(utt_id, path)`` of audio files, official trial lists found, m4a count."""
+    audio, trial_lists, m4a = [], [], 0
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories.sort()
+        parts = Path(directory).parts
+        in_speaker_tree = len(parts) >= 2 and SPEAKER.match(parts[-2]) is not None
+        for name in sorted(files):
+            suffix = os.path.splitext(name)[1].lower()
+            if in_speaker_tree and suffix in AUDIO_SUFFIXES:
+                audio.append((f"{parts[-2]}/{parts[-1]}/{name}", Path(directory, name)))
+            elif in_speaker_tree and suffix == ".m4a":
+                m4a += 1
+            elif name in OFFICIAL_TRIALS:
+                trial_lists.append(Path(directory, name))
+    return audio, trial_lists, m4a
+
+
+def _match_keys(trials: list[tuple[int, str, str]], known: set[str], dropped: set[str],
+                path: Path) -> list[tuple[int, str, str]]:
+    """Keys must name prepared utterances (``x.wav`` may stand for a converted ``x.flac``).
+
+    Trials on files dropped with ``skip_bad`` are left out; any other unknown key is an error.
+    """
+    def resolve(key: str) -> str | None:
+        for candidate in (key, os.path.splitext(key)[0] + ".flac"):
+            if candidate in known:
+                return candidate
+            if candidate in dropped:
+                return None
+        raise FormatError(f"trial key {key!r} is not among the {len(known)} utterances found under the root "
+                          "(is part of the corpus missing, e.g. the VoxCeleb1 test set?)", path)
+    resolved = [(label, resolve(enrol), resolve(test)) for label, enrol, test in trials]
+    return [(label, enrol, test) for label, enrol, test in resolved if enrol and test]
+
+
+def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | Path] = (), workers: int = 8,
+                     skip_bad: bool = False, deep: bool = False, progress: bool = True) -> dict[str, Path]:
+    """Write ``<out>/utts.jsonl``, ``<out>/trials/*.txt`` and, with a held-out list, train/test manifests.
+
+    Returns the paths written: ``"utts"``, ``"train"``, ``"test"`` and one entry per trial list
+    (its file stem, e.g. ``"veri_test2"``). Re-running rewrites the same files.
+
+    >>> paths = prepare_voxceleb("VoxCeleb1", "data/vox1")  # doctest: +SKIP
+    >>> sorted(paths)                                      # doctest: +SKIP
+    ['list_test_all2', 'test', 'train', 'utts', 'veri_test2']
+    """
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise SpeakertripError(f"{root}: no such corpus folder")
+    found, found_trials, m4a = find_voxceleb_files(root)
+    if not found:
+        hint = f"; it holds {m4a} .m4a files: convert them first with `speakertrip convert`" if m4a else ""
+        raise SpeakertripError(f"{root}: no audio in the VoxCeleb layout (idNNNNN/<video>/<utt>.wav){hint}")
+    entries = [(utt_id, utt_id.split("/")[0], path.resolve()) for utt_id, path in found]
+    utterances, dropped = build_utterances(entries, skip_bad=skip_bad, workers=workers, deep=deep, progress=progress)
+    paths = {"utts": write_manifest(utterances, out / "utts.jsonl")}
+    known, dropped_ids = {u.utt_id for u in utterances}, {utt_id for utt_id, _ in dropped}
+    held_out: set[str] = set()
+    lists = {Path(p).name: Path(p) for p in [*found_trials, *trials]}  # given lists win over found ones
+    for name, source in sorted(lists.items()):
+        listed = read_voxceleb_trials(source)
+        matched = _match_keys(listed, known, dropped_ids, source)
+        if len(matched) < len(listed):
+            print(f"{name}: left out {len(listed) - len(matched)} trials on files dropped by --skip-bad")
+        target = out / "trials" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text("".join(f"{label} {enrol} {test}\n" for label, enrol, test in matched))
+        paths[target.stem] = target
+        if not target.stem.startswith(WHOLE_VOX1_TRIALS):
+            held_out |= {key.split("/")[0] for _, enrol, test in matched for key in (enrol, test)}
+    if held_out:
+        paths["train"] = write_manifest([u for u in utterances if u.spk_id not in held_out], out / "train.jsonl")
+        paths["test"] = write_manifest([u for u in utterances if u.spk_id in held_out], out / "test.jsonl")
+    if progress:
+        _print_summary(utterances, held_out, paths, len(dropped))
+    return paths
+
+
+def _print_summary(utterances: list[Utterance], held_out: set[str], paths: dict[str, Path], dropped: int) -> None:
+    sets = {"utts": utterances}
+    if held_out:
+        sets["train"] = [u for u in utterances if u.spk_id not in held_out]
+        sets["test"] = [u for u in utterances if u.spk_id in held_out]
+    print(f"{'set':<16}{'speakers':>10}{'utterances':>12}{'hours':>9}  file")
+    for name, subset in sets.items():
+        hours = sum(u.duration for u in subset) / 3600
+        print(f"{name:<16}{len({u.spk_id for u in subset}):>10}{len(subset):>12}{hours:>9.2f}  {paths[name]}")
+    for name, path in paths.items():
+        if name not in sets:
+            print(f"{name:<16}{'':>10}{sum(1 for _ in open(path)):>12}{'trials':>9}  {path}")
+    if dropped:
+        print(f"dropped {dropped} bad files (--skip-bad)")
+
+
+def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("voxceleb", help="VoxCeleb1/2 in their released layouts",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True, type=Path, help="corpus folder (VoxCeleb1, VoxCeleb2 dev, or both)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for manifests and trial lists")
+    parser.add_argument("--trials", nargs="+", type=Path, default=[], metavar="FILE",
+                        help="trial lists in VoxCeleb format (official names under the root are found anyway)")
+    parser.add_argument("--workers", type=int, default=8, help="threads reading headers (default 8)")
+    parser.add_argument("--skip-bad", action="store_true", help="drop missing/unreadable files instead of failing")
+    parser.add_argument("--deep", action="store_true", help="decode every file to reject silent or NaN audio")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    prepare_voxceleb(args.root, args.out, args.trials, workers=args.workers, skip_bad=args.skip_bad, deep=args.deep)
+    return 0
