@@ -103,3 +103,38 @@ def write_bad_audio(directory: str | Path, sample_rate: int = 16000) -> dict[str
     sf.write(paths["nan"], nan_signal, sample_rate, subtype="FLOAT")
     sf.write(paths["short"], speech_like(0, 0.05, sample_rate), sample_rate, subtype="PCM_16")
     return paths
+
+
+def make_musan_tree(root: str | Path, files: int = 2, duration: float = 1.0, sample_rate: int = 16000,
+                    seed: int = 0) -> Path:
+    """Write a MUSAN-layout folder: ``noise/free-sound``, ``music/fma`` and ``speech/librivox`` wavs."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    count = int(duration * sample_rate)
+    for folder, make in (("noise/free-sound", lambda: rng.standard_normal(count) * 0.1),
+                         ("music/fma", lambda: 0.2 * np.sin(2 * np.pi * rng.uniform(200, 800) * np.arange(count) / sample_rate)),
+                         ("speech/librivox", lambda: speech_like(int(rng.integers(50, 99)), duration, sample_rate))):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for number in range(files):
+            sf.write(root / folder / f"{folder.split('/')[0]}-{number:04d}.wav", make().astype(np.float32), sample_rate,
+                     subtype="PCM_16")
+    return root
+
+
+def make_rir_tree(root: str | Path, rooms: int = 2, sample_rate: int = 16000, seed: int = 0) -> Path:
+    """Write an RIRS_NOISES-layout folder of decaying-noise impulse responses (and one isotropic noise)."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for number in range(rooms):
+        folder = root / "simulated_rirs" / "smallroom" / f"Room{number + 1:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        length = int(0.1 * sample_rate)
+        rir = rng.standard_normal(length) * np.exp(-np.arange(length) / (0.02 * sample_rate))
+        rir[0] = 1.0
+        sf.write(folder / f"Room{number + 1:03d}-00001.wav", (0.5 * rir / np.abs(rir).max()).astype(np.float32),
+                 sample_rate, subtype="FLOAT")
+    real = root / "real_rirs_isotropic_noises"
+    real.mkdir(parents=True, exist_ok=True)
+    sf.write(real / "RVB2014_type1_noise_largeroom1_1.wav", rng.standard_normal(sample_rate).astype(np.float32) * 0.1,
+             sample_rate, subtype="FLOAT")
+    return root
