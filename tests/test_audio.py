@@ -62,22 +62,44 @@ def test_bad_inputs_raise_audio_errors_naming_the_file(tmp_path):
         load_audio(tmp_path / "b.m4a")
 
 
-def test_read_crop_is_int16_slice_and_reads_only_the_crop(tmp_path, stereo, monkeypatch):
-    mono = speech_like(4, 1.0, RATE)
-    sf.write(tmp_path / "mono.wav", mono, RATE, subtype="PCM_16")
+def with_list_chunk(path):
+    """Insert an odd-sized LIST chunk before 'data', as some tools write."""
+    raw = path.read_bytes()
+    data = raw.index(b"data")
+    extra = b"LIST" + (3).to_bytes(4, "little") + b"abc\x00"
+    path.write_bytes(raw[:data] + extra + raw[data:])
+    return path
+
+
+@pytest.mark.parametrize("channels, variant", [(1, "plain"), (2, "plain"), (3, "extensible"), (1, "list_chunk"),
+                                               (1, "truncated")])
+def test_read_crop_of_pcm16_wav_equals_soundfile(tmp_path, channels, variant):
+    signal = np.stack([speech_like(c, 1.0, RATE, seed=c) for c in range(channels)], axis=1)
+    path = tmp_path / "a.wav"
+    sf.write(path, signal, RATE, subtype="PCM_16")
+    if variant == "list_chunk":
+        with_list_chunk(path)
+    if variant == "truncated":  # the header promises more samples than the file holds
+        path.write_bytes(path.read_bytes()[:-1001])
+    whole, _ = sf.read(path, dtype="int16", always_2d=True)
+    expected = whole.mean(axis=1, dtype=np.float32).astype(np.int16) if channels > 1 else whole[:, 0]
+    for start, count in [(0, 100), (1234, 4000), (len(whole) - 50, 4000), (len(whole) + 10, 10)]:
+        crop = read_crop(path, start, count)
+        assert crop.dtype == np.int16 and crop.flags.writeable
+        np.testing.assert_array_equal(crop, expected[start : start + count])
+
+
+def test_read_crop_through_soundfile_reads_only_the_crop(tmp_path, stereo, monkeypatch):
     sf.write(tmp_path / "stereo.flac", stereo, RATE, subtype="PCM_16")
-    whole, _ = sf.read(tmp_path / "mono.wav", dtype="int16")
     stereo_int, _ = sf.read(tmp_path / "stereo.flac", dtype="int16")
     requested = []
     original_read = sf.SoundFile.read
     monkeypatch.setattr(sf.SoundFile, "read", lambda self, frames=-1, *args, **kw: requested.append(frames) or original_read(self, frames, *args, **kw))
-    crop = read_crop(tmp_path / "mono.wav", 1234, 4000)
-    assert crop.dtype == np.int16 and requested == [4000]
-    np.testing.assert_array_equal(crop, whole[1234:5234])
-    assert len(read_crop(tmp_path / "mono.wav", RATE - 100, 4000)) == 100  # the end of the file
     crop = read_crop(tmp_path / "stereo.flac", 10, 500)
-    assert crop.dtype == np.int16
+    assert crop.dtype == np.int16 and requested == [500]
     np.testing.assert_allclose(crop, stereo_int[10:510].mean(axis=1), atol=1)
+    with pytest.raises(AudioError, match="no such audio file"):
+        read_crop(tmp_path / "missing.wav", 0, 10)
 
 
 def test_read_crop_float_and_resampled(tmp_path):
