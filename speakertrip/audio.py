@@ -117,7 +117,8 @@ def prepare_waveform(signal: Signal, sample_rate: int, target_rate: int | None =
     if sample_rate <= 0:
         raise AudioError(f"{name}: sample rate must be positive, got {sample_rate}")
     if not np.isfinite(signal).all():
-        raise AudioError(f"{name}: contains NaN or infinite samples ({int((~np.isfinite(signal)).sum())} of {signal.size})")
+        bad = int((~np.isfinite(signal)).sum())
+        raise AudioError(f"{name}: contains NaN or infinite samples ({bad} of {signal.size})")
     if not signal.any():
         raise AudioError(f"{name}: all samples are zero (silent audio)")
     duration = signal.size / sample_rate

@@ -51,7 +51,8 @@ class AugmentConfig:
         if unknown or any(weight < 0 for weight in self.weights.values()) or not sum(self.weights.values()):
             raise ConfigError(f"augment weights need kinds from {', '.join(KINDS)} with non-negative weights, "
                               f"not all zero; got {dict(self.weights)}")
-        for kind, folder in (("reverb", self.rirs), ("noise", self.musan), ("music", self.musan), ("babble", self.musan)):
+        folders = {"reverb": self.rirs, "noise": self.musan, "music": self.musan, "babble": self.musan}
+        for kind, folder in folders.items():
             if self.weights.get(kind, 0) > 0 and not folder:
                 raise ConfigError(f"augment weight for {kind!r} is set but {'rirs' if kind == 'reverb' else 'musan'} "
                                   "(the folder) is not; give the folder or set the weight to 0")
@@ -119,7 +120,9 @@ class Augmenter:
         """Augment a batch: waveforms (B, T) int16/float → float32 (B, T); labels (B,) → (B,)."""
         waveforms = to_float(waveforms)
         batch, total = waveforms.shape
-        lengths = torch.full((batch,), total, device=waveforms.device) if lengths is None else lengths.to(waveforms.device)
+        if lengths is None:
+            lengths = torch.full((batch,), total)
+        lengths = lengths.to(waveforms.device)
         if self.config.speed_factors:
             waveforms, labels = self.perturb_speed(waveforms, labels, lengths)
         kinds = self.rng.choice(len(self.kinds), size=batch, p=self.probabilities)
@@ -134,7 +137,7 @@ class Augmenter:
             else:
                 noise = torch.stack([self._noise(kind, total) for _ in range(len(rows))]).to(waveforms.device)
                 low, high = getattr(self.config, f"{kind}_snr")
-                snr = torch.as_tensor(self.rng.uniform(low, high, len(rows)), dtype=torch.float32, device=waveforms.device)
+                snr = torch.as_tensor(self.rng.uniform(low, high, len(rows)), dtype=torch.float32).to(waveforms.device)
                 out[rows] = add_noise(waveforms[rows], noise, snr, lengths[rows])
         return out * (torch.arange(total, device=out.device) < lengths[:, None]), labels
 
@@ -156,7 +159,8 @@ class Augmenter:
             (path, frames), = self._pick(self.sources[kind], 1)
             return self._read(path, frames, total)
         low, high = self.config.babble_speakers
-        voices = [self._read(path, frames, total) for path, frames in self._pick(self.sources[kind], self.rng.integers(low, high + 1))]
+        picked = self._pick(self.sources[kind], self.rng.integers(low, high + 1))
+        voices = [self._read(path, frames, total) for path, frames in picked]
         return sum(voice / voice.square().mean().clamp(min=1e-10).sqrt() for voice in voices)
 
     @staticmethod

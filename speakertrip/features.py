@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from speakertrip.audio import to_float
 from speakertrip.errors import ConfigError
 
 MODES = ("speakertrip", "kaldi", "speechbrain")
@@ -188,8 +189,6 @@ class LogMelFrontend(nn.Module):
         features : (B, frames, n_mels) float32, zero on padded frames
         frame_lengths : (B,) int64
         """
-        from speakertrip.audio import to_float
-
         config = self.config
         waveforms = to_float(waveforms)
         batch, total = waveforms.shape

@@ -94,7 +94,11 @@ def test_read_crop_through_soundfile_reads_only_the_crop(tmp_path, stereo, monke
     stereo_int, _ = sf.read(tmp_path / "stereo.flac", dtype="int16")
     requested = []
     original_read = sf.SoundFile.read
-    monkeypatch.setattr(sf.SoundFile, "read", lambda self, frames=-1, *args, **kw: requested.append(frames) or original_read(self, frames, *args, **kw))
+    def recording_read(self, frames=-1, *args, **kwargs):
+        requested.append(frames)
+        return original_read(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", recording_read)
     crop = read_crop(tmp_path / "stereo.flac", 10, 500)
     assert crop.dtype == np.int16 and requested == [500]
     np.testing.assert_allclose(crop, stereo_int[10:510].mean(axis=1), atol=1)
