@@ -1,0 +1,182 @@
+"""Model artifacts as data: ``config.yaml`` + ``model.safetensors``; SpeechBrain checkpoints in.
+
+Loading never runs code from a file: YAML is read with ``safe_load``, weights with safetensors
+(or ``torch.load(weights_only=True)`` for ``.pt``/``.ckpt`` state dicts).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import yaml
+
+from speakertrip.errors import ConfigError, FormatError, SpeakertripError
+from speakertrip.features import FeatureConfig
+from speakertrip.models.embedding_model import ARTIFACT_FORMAT, ARTIFACT_VERSION, EmbeddingModel
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+TORCH_WEIGHTS_FILE = "model.pt"
+
+
+def _plain(value: Any) -> Any:
+    """numpy/torch scalars and tuples → YAML-safe Python values."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.item()
+    return value
+
+
+def _write_atomically(path: Path, write) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_model(model: EmbeddingModel, directory: str | Path) -> Path:
+    """Write the artifact of ``model`` into ``directory`` (created; files replaced atomically)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    _write_atomically(directory / WEIGHTS_FILE, lambda path: save_file(state, path, metadata={"format": "pt"}))
+    text = yaml.safe_dump(_plain(model.config), sort_keys=False)
+    _write_atomically(directory / CONFIG_FILE, lambda path: Path(path).write_text(text))
+    return directory
+
+
+def model_from_config(config: Any, source: str | Path = "config") -> EmbeddingModel:
+    """Build an untrained :class:`EmbeddingModel` from an artifact config (errors name ``source``)."""
+    if not isinstance(config, Mapping) or config.get("format") != ARTIFACT_FORMAT:
+        raise FormatError(f"not a speakertrip model config (expected 'format: {ARTIFACT_FORMAT}')", source)
+    if config.get("version") != ARTIFACT_VERSION:
+        raise FormatError(f"model format version {config.get('version')!r} is not supported "
+                          f"(this speakertrip reads version {ARTIFACT_VERSION})", source)
+    for key in ("features", "encoder"):
+        if not isinstance(config.get(key), Mapping):
+            raise FormatError(f"key {key!r} is missing or not a mapping", source)
+    encoder = config["encoder"]
+    if not isinstance(encoder.get("name"), str):
+        raise FormatError("key 'encoder.name' is missing or not a string", source)
+    try:
+        return EmbeddingModel(FeatureConfig.from_dict(config["features"]), encoder["name"],
+                              encoder.get("options") or {}, config.get("evaluation") or {})
+    except ConfigError as error:
+        raise FormatError(str(error), source) from None
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise FormatError(f"unreadable safetensors file: {error}", path) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
+        raise FormatError(f"not a state dict loadable with weights_only=True: {error}", path) from None
+    if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise FormatError("expected a state dict (a mapping of names to tensors)", path)
+    return dict(state)
+
+
+def _load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{key} {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})"
+             for key in sorted(set(state) & set(expected)) if state[key].shape != expected[key].shape]
+    problems = [f"{label}: {', '.join(items[:5])}" + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+                if items]
+    if problems:
+        raise FormatError("weights do not match the model config; " + "; ".join(problems), source)
+    module.load_state_dict(state)
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu") -> EmbeddingModel:
+    """Read an artifact written by :meth:`EmbeddingModel.save`; returns the model in eval mode.
+
+    >>> model = load_model("exp/ecapa_triplet/model")  # doctest: +SKIP
+    >>> model.embed("a.wav").shape  # doctest: +SKIP
+    (192,)
+    """
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise SpeakertripError(f"{directory}: no model artifact here (expected {CONFIG_FILE} and {WEIGHTS_FILE}, "
+                               "as written by `speakertrip train` or EmbeddingModel.save)")
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as error:
+        raise FormatError(f"invalid YAML: {error}", config_path) from None
+    model = model_from_config(config, config_path)
+    weights = next((directory / name for name in (WEIGHTS_FILE, TORCH_WEIGHTS_FILE) if (directory / name).is_file()),
+                   None)
+    if weights is None:
+        raise SpeakertripError(f"{directory}: {CONFIG_FILE} found but no {WEIGHTS_FILE} (or {TORCH_WEIGHTS_FILE})")
+    _load_state(model, _read_weights(weights), weights)
+    return model.to(device).eval()
+
+
+def _speechbrain_encoder(state: Mapping[str, torch.Tensor], source: Path) -> tuple[str, int, dict[str, Any]]:
+    """(encoder name, n_mels, options) matching the shapes of a SpeechBrain ECAPA or x-vector state dict."""
+    shape = lambda key: tuple(state[key].shape)  # noqa: E731
+    if "asp_bn.norm.weight" in state and "blocks.0.conv.conv.weight" in state:
+        channels, n_mels = shape("blocks.0.conv.conv.weight")[:2]
+        options = {"channels": channels, "embedding_dim": shape("fc.conv.weight")[0],
+                   "attention_channels": shape("asp.tdnn.conv.conv.weight")[0],
+                   "se_channels": shape("blocks.1.se_block.conv1.conv.weight")[0],
+                   "res2net_scale": channels // shape("blocks.1.res2net_block.blocks.0.conv.conv.weight")[0],
+                   "global_context": shape("asp.tdnn.conv.conv.weight")[1] == 9 * channels}
+        return "ecapa", n_mels, options
+    if "blocks.0.conv.weight" in state and "blocks.16.w.weight" in state:
+        channels, n_mels = shape("blocks.0.conv.weight")[:2]
+        options = {"channels": channels, "stats_channels": shape("blocks.12.conv.weight")[0],
+                   "embedding_dim": shape("blocks.16.w.weight")[0]}
+        return "tdnn", n_mels, options
+    raise FormatError("not a SpeechBrain ECAPA_TDNN or Xvector state dict "
+                      "(expected keys like 'blocks.0.conv.conv.weight' and 'asp_bn.norm.weight')", source)
+
+
+def load_speechbrain_checkpoint(path: str | Path, feature_config: FeatureConfig | None = None,
+                                device: str | torch.device = "cpu") -> EmbeddingModel:
+    """An :class:`EmbeddingModel` holding a SpeechBrain ``embedding_model.ckpt`` (ECAPA_TDNN or Xvector).
+
+    The encoder's size is read from the tensor shapes (spkrec-ecapa-voxceleb: ECAPA C=1024,
+    80 mels, 192-d). Features default to ``FeatureConfig.speechbrain(n_mels=...)``, what
+    SpeechBrain's recipes compute, so the embeddings match SpeechBrain's before fine-tuning.
+
+    >>> model = load_speechbrain_checkpoint("spkrec-ecapa-voxceleb/embedding_model.ckpt")  # doctest: +SKIP
+    >>> model.encoder_options["channels"], model.embedding_dim  # doctest: +SKIP
+    (1024, 192)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpeakertripError(f"{path}: no such checkpoint file")
+    state = _read_weights(path)
+    name, n_mels, options = _speechbrain_encoder(state, path)
+    feature_config = feature_config or FeatureConfig.speechbrain(n_mels=n_mels)
+    if feature_config.n_mels != n_mels:
+        raise ConfigError(f"{path}: the checkpoint expects {n_mels} mel bins, the feature config has "
+                          f"{feature_config.n_mels}")
+    model = EmbeddingModel(feature_config, name, options)
+    _load_state(model.encoder, state, path)
+    return model.to(device)

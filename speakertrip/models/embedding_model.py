@@ -1,0 +1,131 @@
+"""`EmbeddingModel`: the log-mel frontend, an encoder and L2 normalisation, with its config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speakertrip.features import FeatureConfig, LogMelFrontend
+from speakertrip.models.encoder import build_encoder
+
+ARTIFACT_FORMAT = "speakertrip-model"
+ARTIFACT_VERSION = 1
+
+
+class EmbeddingModel(nn.Module):
+    """Waveforms → L2-normalised speaker embeddings.
+
+    Parameters
+    ----------
+    feature_config : FeatureConfig or its dict (default ``FeatureConfig()``)
+    encoder_name : a name in :data:`speakertrip.models.ENCODERS` (``"ecapa"``, ``"tdnn"``)
+    encoder_options : keyword options of that encoder's builder (``{"channels": 1024}``)
+    evaluation : dev-set results recorded by the trainer (``eer``, ``eer_threshold``,
+        ``min_dcf_0.01``, ``min_dcf_0.01_threshold``, ...); saved in the artifact's config
+
+    >>> model = EmbeddingModel(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()
+    >>> model(torch.randn(2, 16000), torch.tensor([16000, 12000])).shape
+    torch.Size([2, 192])
+    """
+
+    def __init__(self, feature_config: FeatureConfig | Mapping[str, Any] | None = None, encoder_name: str = "ecapa",
+                 encoder_options: Mapping[str, Any] | None = None, evaluation: Mapping[str, Any] | None = None):
+        super().__init__()
+        if not isinstance(feature_config, FeatureConfig):
+            feature_config = FeatureConfig.from_dict(feature_config or {})
+        self.feature_config = feature_config
+        self.encoder_name = encoder_name
+        self.encoder_options = dict(encoder_options or {})
+        self.frontend = LogMelFrontend(feature_config)
+        self.encoder = build_encoder(encoder_name, feature_config.n_mels, self.encoder_options)
+        self.evaluation: dict[str, Any] = dict(evaluation or {})
+        self._identity: tuple[tuple, str] | None = None
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.encoder.embedding_dim)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.feature_config.sample_rate
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def threshold(self) -> float | None:
+        """The dev-set EER threshold on cosine scores recorded by the trainer, or None."""
+        value = self.evaluation.get("eer_threshold")
+        return None if value is None else float(value)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model (weights aside); saved as ``config.yaml``."""
+        return {"format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION,
+                "features": self.feature_config.to_dict(),
+                "encoder": {"name": self.encoder_name, "options": dict(self.encoder_options)},
+                "embedding_dim": self.embedding_dim, "evaluation": dict(self.evaluation)}
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Embed a batch.
+
+        Parameters
+        ----------
+        waveforms : (B, T) float32 in [-1, 1] (or int16), at ``self.sample_rate``
+        lengths : (B,) int64 valid samples per row, or None when no row is padded
+
+        Returns
+        -------
+        (B, D) float32 embeddings of unit L2 norm
+        """
+        features, frame_lengths = self.frontend(waveforms, lengths)
+        return F.normalize(self.encoder(features, frame_lengths).float(), dim=-1)
+
+    def embed(self, x: Any, sample_rate: int | None = None) -> np.ndarray:
+        """One utterance (path, array or tensor) → (D,) float32 embedding; see :mod:`speakertrip.embed`."""
+        from speakertrip import embed
+
+        return embed.embed_one(self, x, sample_rate)
+
+    def embed_batch(self, items: Sequence[Any], **options: Any) -> np.ndarray:
+        """Many utterances → (N, D) float32 embeddings, bucketed by length; see :mod:`speakertrip.embed`."""
+        from speakertrip import embed
+
+        return embed.embed_many(self, items, **options)
+
+    @property
+    def identity(self) -> str:
+        """A hex digest of the config (evaluation aside) and every weight: equal iff embeddings are equal.
+
+        Enrolment stores keep it, so that a store made with one model refuses another. Cached until
+        a weight changes (in place or replaced).
+        """
+        state = self.state_dict()
+        stamp = tuple((key, value.data_ptr(), value._version) for key, value in state.items())
+        if self._identity is None or self._identity[0] != stamp:
+            self._identity = (stamp, _digest(self.config, state))
+        return self._identity[1]
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``config.yaml`` and ``model.safetensors`` into ``directory``; returns it."""
+        from speakertrip.models.artifact import save_model
+
+        return save_model(self, directory)
+
+
+def _digest(config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> str:
+    described = {key: value for key, value in config.items() if key != "evaluation"}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]

@@ -1,0 +1,59 @@
+"""The encoder registry: names → builders of (features, frame lengths) → embedding modules.
+
+Every builder takes ``input_size`` (the number of mel bins) and keyword options; it returns an
+``nn.Module`` with an ``embedding_dim`` attribute whose ``forward(features (B, frames, n_mels),
+frame_lengths (B,) int64 | None) -> (B, embedding_dim)`` returns unnormalised embeddings.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from speakertrip.errors import ConfigError
+from speakertrip.registry import Registry
+
+ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
+
+
+def _check_options(name: str, builder: Callable[..., nn.Module], options: Mapping[str, Any]) -> None:
+    parameters = {key: value for key, value in inspect.signature(builder).parameters.items() if key != "input_size"}
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(map(repr, unknown))} for encoder {name!r}; "
+                          f"valid options: {', '.join(parameters)}")
+    for key, value in options.items():
+        default = parameters[key].default
+        expected = type(default)
+        if default is None:
+            continue
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise ConfigError(f"encoder {name!r} option {key!r} must be {expected.__name__}, "
+                              f"got {type(value).__name__} {value!r}")
+
+
+def build_encoder(name: str, input_size: int, options: Mapping[str, Any] | None = None) -> nn.Module:
+    """Build the encoder registered as ``name`` for ``input_size`` mel bins.
+
+    Unknown option names and values of the wrong type raise :class:`ConfigError`.
+
+    >>> build_encoder("ecapa", 40, {"channels": 32}).embedding_dim
+    192
+    """
+    builder = ENCODERS.get(name)
+    options = dict(options or {})
+    _check_options(name, builder, options)
+    return builder(input_size, **options)
+
+
+def relative_lengths(features: torch.Tensor, frame_lengths: torch.Tensor | None) -> torch.Tensor | None:
+    """SpeechBrain's length convention: valid frames as a fraction of the padded length, (B,) float32."""
+    if frame_lengths is None:
+        return None
+    return frame_lengths.to(device=features.device, dtype=torch.float32) / max(features.shape[1], 1)
