@@ -1,0 +1,250 @@
+"""Embedding extraction: files, arrays or tensors → L2-normalised embeddings, in length-bucketed batches.
+
+A file gives the same embedding alone or inside a batch (to ~1e-6): the frontend keeps padding
+out of its statistics, the encoder's pooling gets the valid lengths, and :func:`exact_padding`
+makes every "same"-padded convolution reflect at each row's own end instead of seeing the zeros
+(or garbage) of its neighbours' padding. Long files can be cut into equal chunks whose
+embeddings are averaged; leading and trailing silence can be trimmed by frame energy.
+
+>>> import speakertrip as st
+>>> model = st.load_model("exp/run/model")                          # doctest: +SKIP
+>>> model.embed("a.wav").shape                                      # doctest: +SKIP
+(192,)
+>>> model.embed_batch(["a.wav", "b.wav"], progress=True).shape      # doctest: +SKIP
+(2, 192)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from speakertrip.audio import audio_info, load_audio, prepare_waveform
+from speakertrip.data.datasets import bucket_batches
+from speakertrip.data.manifest import Utterance
+from speakertrip.errors import AudioError, ConfigError
+
+Item = Union[str, Path, Utterance, np.ndarray, torch.Tensor]
+MIN_SECONDS = 0.1  # shorter audio gives too few frames for the encoders' convolutions
+
+
+def trim_silence(signal: np.ndarray, sample_rate: int, top_db: float = 40.0, frame_seconds: float = 0.025,
+                 hop_seconds: float = 0.010) -> np.ndarray:
+    """Cut leading and trailing frames quieter than ``top_db`` below the loudest frame (no VAD model).
+
+    Frames are centred every ``hop_seconds`` (as ``librosa.effects.trim``, with whose output this
+    agrees for the same frame and hop lengths); signal (T,) → (T',) with T' <= T.
+    """
+    frame, hop = int(round(frame_seconds * sample_rate)), int(round(hop_seconds * sample_rate))
+    padded = np.pad(signal.astype(np.float64), frame // 2)
+    count = 1 + (len(padded) - frame) // hop
+    frames = np.lib.stride_tricks.as_strided(padded, (count, frame), (padded.strides[0] * hop, padded.strides[0]))
+    power = np.maximum(np.mean(frames ** 2, axis=1), 1e-10)
+    loud = np.flatnonzero(10 * np.log10(power / power.max()) > -top_db)
+    if len(loud) == 0:
+        return signal[:0]
+    return signal[loud[0] * hop: min(len(signal), (loud[-1] + 1) * hop)]
+
+
+def split_chunks(length: int, chunk: int) -> list[tuple[int, int]]:
+    """Split ``length`` samples into ``ceil(length / chunk)`` equal (start, end) spans, none longer than ``chunk``."""
+    count = max(1, -(-length // chunk))
+    edges = np.linspace(0, length, count + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
+
+
+@contextlib.contextmanager
+def exact_padding(model: nn.Module) -> Iterator[None]:
+    """Make padded rows of a batch compute exactly what they compute alone.
+
+    SpeechBrain's "same" convolutions reflect-pad the whole batch at its longest row; a shorter
+    row then convolves its padding. Inside this context each such convolution is fed an input
+    padded per row: mirrored about the row's own last valid frame (the row's valid length is
+    taken from the frontend's frame lengths). Outputs at padded frames are meaningless and are
+    masked by the encoder's length-aware pooling. Not thread-safe for the duration of the context.
+    """
+    from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling, SEBlock
+    from speechbrain.nnet.CNN import Conv1d
+
+    from speakertrip.features import LogMelFrontend
+
+    frontends = [m for m in model.modules() if isinstance(m, LogMelFrontend)]
+    convolutions = [m for m in model.modules() if isinstance(m, Conv1d) and m.padding == "same"
+                    and m.padding_mode == "reflect" and m.stride == 1 and m.kernel_size > 1]
+    if len(frontends) != 1 or not convolutions:
+        yield
+        return
+    frame_lengths: list[torch.Tensor] = []
+
+    def remember_lengths(module: nn.Module, inputs: tuple, output: tuple) -> None:
+        frame_lengths[:] = [output[1]]
+
+    def pad_rows(conv: Conv1d, inputs: tuple) -> tuple:
+        x = inputs[0] if conv.skip_transpose else inputs[0].transpose(1, -1)  # (B, C, T)
+        half = conv.dilation * (conv.kernel_size - 1) // 2
+        total = x.shape[-1]
+        lengths = frame_lengths[0].to(x.device).clamp(1, total)[:, None]
+        padded = torch.nn.functional.pad(x, (half, half), mode="reflect")  # right for full rows
+        tail = lengths + torch.arange(half, device=x.device)[None, :]  # positions n .. n + half - 1
+        source = (2 * (lengths - 1) - tail).clamp(0, total - 1)  # mirrored about the row's last frame
+        channels = (-1, x.shape[1], -1)
+        padded.scatter_(2, (tail + half)[:, None, :].expand(*channels),
+                        torch.gather(x, 2, source[:, None, :].expand(*channels)))
+        return (padded if conv.skip_transpose else padded.transpose(1, -1),)
+
+    def round_relative_lengths(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        # (n / T) * T can exceed n in float32, letting a padded frame into SpeechBrain's masks
+        # (arange(T) < lengths * T); n - 0.5 keeps exactly the n valid frames.
+        lengths = kwargs.get("lengths", args[1] if len(args) > 1 else None)
+        if lengths is not None:
+            total = args[0].shape[-1]
+            kwargs = {**kwargs, "lengths": ((lengths * total).round() - 0.5) / total}
+            args = args[:1]
+        return args, kwargs
+
+    hooks = [frontends[0].register_forward_hook(remember_lengths)]
+    hooks += [conv.register_forward_pre_hook(pad_rows) for conv in convolutions]
+    hooks += [module.register_forward_pre_hook(round_relative_lengths, with_kwargs=True)
+              for module in model.modules() if isinstance(module, (SEBlock, AttentiveStatisticsPooling))]
+    for conv in convolutions:
+        conv.padding = "valid"
+    try:
+        yield
+    finally:
+        for conv in convolutions:
+            conv.padding = "same"
+        for hook in hooks:
+            hook.remove()
+
+
+def _duration(item: Item, sample_rate: int | None) -> float:
+    if isinstance(item, Utterance):
+        return item.duration
+    if isinstance(item, (str, Path)):
+        return audio_info(item).duration
+    if sample_rate is None:
+        raise ConfigError("an array or tensor needs its sample_rate= (Hz)")
+    shape = tuple(item.shape)
+    return (max(shape) if len(shape) <= 2 else 0) / sample_rate
+
+
+def _load(item: Item, model_rate: int, sample_rate: int | None, index: int) -> np.ndarray:
+    if isinstance(item, Utterance):
+        return load_audio(item.path, model_rate)
+    if isinstance(item, (str, Path)):
+        return load_audio(item, model_rate)
+    return prepare_waveform(item, sample_rate, model_rate, name=f"item {index} ({type(item).__name__})")
+
+
+def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | None = None,
+               batch_seconds: float = 160.0, max_batch_size: int = 64, device: str | torch.device | None = None,
+               num_threads: int | None = None, trim_db: float | None = None, chunk_seconds: float | None = None,
+               loader_threads: int = 4, progress: bool = False) -> np.ndarray:
+    """Embed many utterances in batches of similar duration; returns float32 (N, D), rows L2-normalised.
+
+    Parameters
+    ----------
+    model : an ``EmbeddingModel`` (``forward(waveforms (B, T), lengths (B,)) -> (B, D)``, ``.sample_rate``)
+    items : paths, manifest ``Utterance`` s, or 1-D/2-D arrays or tensors at ``sample_rate``
+    batch_seconds : padded audio per forward pass (batch size × longest item), in seconds
+    max_batch_size : at most this many segments per forward pass
+    device : run there (the model is moved); default: where the model is
+    num_threads : torch CPU threads while embedding (restored after)
+    trim_db : cut leading/trailing audio quieter than this many dB below the loudest frame
+    chunk_seconds : cut longer items into equal chunks of at most this length, average their embeddings
+    loader_threads : files read (and resampled) in parallel while the model computes
+    progress : show a tqdm bar
+
+    >>> embed_many(model, ["a.wav", "b.wav"], trim_db=40).shape      # doctest: +SKIP
+    (2, 192)
+    """
+    model_rate = int(model.sample_rate)
+    if chunk_seconds is not None and chunk_seconds < 2 * MIN_SECONDS:
+        raise ConfigError(f"chunk_seconds must be at least {2 * MIN_SECONDS} s or None, got {chunk_seconds}")
+    if device is not None:
+        model.to(device)
+    device = next(model.parameters()).device
+    with ThreadPoolExecutor(max(1, loader_threads)) as pool:
+        durations = list(pool.map(lambda item: _duration(item, sample_rate), items))
+        if chunk_seconds is not None:
+            durations = [min(duration, chunk_seconds) for duration in durations]  # chunks batch together
+        batches = bucket_batches(durations, max_batch_seconds=batch_seconds, max_batch_size=max_batch_size)
+        load = lambda batch: [pool.submit(_load, items[i], model_rate, sample_rate, i) for i in batch]  # noqa: E731
+        output = np.empty((len(items), 0), np.float32)
+        threads, was_training = torch.get_num_threads(), model.training
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        model.eval()
+        try:
+            with torch.inference_mode(), exact_padding(model), \
+                    tqdm(total=len(items), disable=not progress, unit="utt", desc="embed") as bar:
+                pending = load(batches[0]) if batches else []
+                for number, batch in enumerate(batches):
+                    waves = [future.result() for future in pending]
+                    pending = load(batches[number + 1]) if number + 1 < len(batches) else []
+                    rows = _embed_waves(model, waves, batch, items, model_rate, device, trim_db, chunk_seconds,
+                                        batch_seconds, max_batch_size)
+                    if output.shape[1] == 0:
+                        output = np.empty((len(items), rows.shape[1]), np.float32)
+                    output[batch] = rows
+                    bar.update(len(batch))
+        finally:
+            torch.set_num_threads(threads)
+            model.train(was_training)
+    return output
+
+
+def _embed_waves(model: nn.Module, waves: list[np.ndarray], batch: list[int], items: Sequence[Item], rate: int,
+                 device: torch.device, trim_db: float | None, chunk_seconds: float | None,
+                 batch_seconds: float, max_batch_size: int) -> np.ndarray:
+    """Trim and chunk the loaded waves, run the segments in padded passes, average chunks per wave."""
+    segments, owners = [], []
+    for row, (wave, index) in enumerate(zip(waves, batch)):
+        if trim_db is not None:
+            wave = trim_silence(wave, rate, trim_db)
+        if len(wave) < MIN_SECONDS * rate:
+            trimmed = f" after trimming silence (trim_db={trim_db}; lower it or turn trimming off)" if trim_db else ""
+            raise AudioError(f"{_name(items[index], index)}: {len(wave) / rate:.3f} s of audio{trimmed}; "
+                             f"embeddings need at least {MIN_SECONDS} s")
+        spans = split_chunks(len(wave), int(chunk_seconds * rate)) if chunk_seconds else [(0, len(wave))]
+        segments += [wave[start:end] for start, end in spans]
+        owners += [row] * len(spans)
+    passes = bucket_batches([len(segment) / rate for segment in segments], batch_seconds, max_batch_size)
+    embeddings = [None] * len(segments)
+    for chosen in passes:
+        lengths = torch.tensor([len(segments[i]) for i in chosen], dtype=torch.int64)
+        padded = torch.zeros(len(chosen), int(lengths.max()))
+        for row, i in enumerate(chosen):
+            padded[row, : len(segments[i])] = torch.from_numpy(segments[i])
+        result = model(padded.to(device, non_blocking=True), lengths.to(device)).float().cpu().numpy()
+        for row, i in enumerate(chosen):
+            embeddings[i] = result[row]
+    summed = np.zeros((len(waves), embeddings[0].shape[0]), np.float64)
+    np.add.at(summed, owners, np.stack(embeddings))
+    return (summed / np.linalg.norm(summed, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)
+
+
+def _name(item: Item, index: int) -> str:
+    if isinstance(item, Utterance):
+        return item.path
+    return str(item) if isinstance(item, (str, Path)) else f"item {index}"
+
+
+def embed_one(model: nn.Module, x: Item, sample_rate: int | None = None, *, trim_db: float | None = None,
+              chunk_seconds: float | None = None) -> np.ndarray:
+    """Embed one utterance (a path, or a 1-D/2-D array or tensor at ``sample_rate``); float32 (D,), unit norm.
+
+    >>> embed_one(model, "a.wav").shape                               # doctest: +SKIP
+    (192,)
+    """
+    if isinstance(x, (list, tuple)):
+        raise ConfigError("embed_one takes one utterance; use embed_batch / embed_many for a list")
+    return embed_many(model, [x], sample_rate=sample_rate, trim_db=trim_db, chunk_seconds=chunk_seconds,
+                      loader_threads=1)[0]
