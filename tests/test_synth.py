@@ -108,8 +108,13 @@ def test_cli_reuses_a_corpus_with_the_same_parameters(prepared, capsys):
     assert re.search(r"speakers\s+6 \(3 held out\)", printed) and re.search(r"utterances\s+24", printed)
 
 
-def test_changed_parameters_regenerate(tmp_path):
+def test_changed_parameters_or_lost_files_regenerate(tmp_path):
     generate_corpus(tmp_path, num_speakers=3, num_test_speakers=2, utterances_per_speaker=2, sessions_per_speaker=1)
+    lost = next((tmp_path / "wav").rglob("*.wav"))
+    original = lost.read_bytes()
+    lost.unlink()
+    generate_corpus(tmp_path, num_speakers=3, num_test_speakers=2, utterances_per_speaker=2, sessions_per_speaker=1)
+    assert lost.read_bytes() == original
     generate_corpus(tmp_path, num_speakers=2, num_test_speakers=2, utterances_per_speaker=3, sessions_per_speaker=1)
     assert len(list((tmp_path / "wav").rglob("*.wav"))) == 6
     assert sorted(p.name for p in (tmp_path / "wav").iterdir()) == ["id20001", "id20002"]

@@ -229,7 +229,8 @@ def generate_corpus(out: str | Path, num_speakers: int = 50, num_test_speakers: 
                     workers: int | None = None, duration: tuple[float, float] = (1.5, 3.0)) -> Path:
     """Write ``<out>/wav/idNNNNN/<session>/NNNNN.wav`` (16 kHz, 16-bit), ``veri_test2.txt`` and ``synth.json``.
 
-    Does nothing when ``<out>/synth.json`` records the same parameters. ``workers`` processes
+    Does nothing when ``<out>/synth.json`` records the same parameters and every file is there;
+    replaces a corpus it made with other parameters (or that lost files). ``workers`` processes
     (default: all cores) each generate whole speakers. Returns ``out``.
     """
     out = Path(out)
@@ -238,7 +239,8 @@ def generate_corpus(out: str | Path, num_speakers: int = 50, num_test_speakers: 
                   "seed": seed, "duration": list(duration), "format": FORMAT_VERSION}
     _check(parameters)
     done, partial = out / "synth.json", out / "synth.partial.json"
-    if done.is_file() and json.loads(done.read_text()).get("parameters") == parameters:
+    if done.is_file() and json.loads(done.read_text()).get("parameters") == parameters and \
+            sum(1 for _ in (out / "wav").rglob("*.wav")) == num_speakers * utterances_per_speaker:
         return out
     if (out / "wav").exists():
         if not (done.is_file() or partial.is_file()):
