@@ -18,6 +18,7 @@ from speakertrip.errors import SpeakertripError
 COMMANDS: tuple[str, ...] = (
     "prepare",
     "convert",
+    "train", "average",
 )
 
 

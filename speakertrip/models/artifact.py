@@ -79,7 +79,8 @@ def model_from_config(config: Any, source: str | Path = "config") -> EmbeddingMo
         raise FormatError(str(error), source) from None
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a torch file read with ``weights_only=True``."""
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -97,7 +98,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
+def load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
+    """``module.load_state_dict(state)`` with one error listing missing, unexpected and misshapen tensors."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -132,7 +134,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> Emb
                    None)
     if weights is None:
         raise SpeakertripError(f"{directory}: {CONFIG_FILE} found but no {WEIGHTS_FILE} (or {TORCH_WEIGHTS_FILE})")
-    _load_state(model, _read_weights(weights), weights)
+    load_state(model, read_weights(weights), weights)
     return model.to(device).eval()
 
 
@@ -171,12 +173,12 @@ def load_speechbrain_checkpoint(path: str | Path, feature_config: FeatureConfig 
     path = Path(path)
     if not path.is_file():
         raise SpeakertripError(f"{path}: no such checkpoint file")
-    state = _read_weights(path)
+    state = read_weights(path)
     name, n_mels, options = _speechbrain_encoder(state, path)
     feature_config = feature_config or FeatureConfig.speechbrain(n_mels=n_mels)
     if feature_config.n_mels != n_mels:
         raise ConfigError(f"{path}: the checkpoint expects {n_mels} mel bins, the feature config has "
                           f"{feature_config.n_mels}")
     model = EmbeddingModel(feature_config, name, options)
-    _load_state(model.encoder, state, path)
+    load_state(model.encoder, state, path)
     return model.to(device)

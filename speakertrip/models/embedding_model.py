@@ -84,9 +84,11 @@ class EmbeddingModel(nn.Module):
 
         Returns
         -------
-        (B, D) float32 embeddings of unit L2 norm
+        (B, D) float32 embeddings of unit L2 norm; under ``torch.autocast`` only the encoder runs
+        in low precision (features and normalisation stay float32).
         """
-        features, frame_lengths = self.frontend(waveforms, lengths)
+        with torch.autocast(waveforms.device.type, enabled=False):
+            features, frame_lengths = self.frontend(waveforms, lengths)
         return F.normalize(self.encoder(features, frame_lengths).float(), dim=-1)
 
     def embed(self, x: Any, sample_rate: int | None = None) -> np.ndarray:

@@ -1,0 +1,33 @@
+"""`speakertrip train CONFIG.yaml [--resume] [--section.key=value ...]`: train an encoder.
+
+Overrides after the config win over the file (``--optim.lr=1e-3 --model.options.channels=1024``).
+Under ``torchrun --nproc_per_node N -m speakertrip train CONFIG`` every process runs this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train an encoder with a triplet (or AAM) loss",
+        description="Train an encoder as CONFIG says; overrides like --optim.lr=1e-3 follow the config.",
+        epilog="example: speakertrip train recipes/voxceleb/conf/ecapa_triplet.yaml --train.epochs=20")
+    parser.add_argument("config", help="YAML config (sections data, features, augment, model, loss, optim, "
+                                       "schedule, train)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in train.exp_dir from checkpoints/last.pt")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="--section.key=value",
+                        help="config overrides (YAML values)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from speakertrip.config import load_config
+    from speakertrip.train import train
+
+    overrides = [item for item in args.overrides if item != "--resume"]
+    resume = args.resume or len(overrides) != len(args.overrides)
+    train(load_config(args.config, overrides), resume=resume)
+    return 0

@@ -1,0 +1,1 @@
+"""Pieces of the training loop in :mod:`speakertrip.train`: schedules, checkpoints, logs, validation, DDP."""

@@ -1,0 +1,82 @@
+"""Checkpoints: written atomically, read with ``weights_only=True``; RNG states kept as tensors.
+
+A checkpoint is a dict of tensors and plain containers (no pickled objects): ``model`` (state
+dict of the model and any loss parameters), ``optimizer``, ``position`` (epoch, batch within the
+epoch, global step), ``rng`` (torch CPU and CUDA generator states), ``best``, ``metrics`` and the
+resolved ``config``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from speakertrip.errors import FormatError, SpeakertripError
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(dict(state), file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint on the CPU with ``weights_only=True`` (never runs code from the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpeakertripError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
+        raise FormatError(f"not a speakertrip checkpoint loadable with weights_only=True: {error}", path) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise FormatError("not a speakertrip checkpoint (no 'model' entry)", path)
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch generators' states (CPU, and every CUDA device when available), as uint8 tensors."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def average_state_dicts(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of floating tensors (weights and BatchNorm statistics, in float64 then cast back);
+    integer tensors (``num_batches_tracked``) are taken from the last state."""
+    if not states:
+        raise SpeakertripError("no checkpoints to average")
+    keys = set(states[0])
+    for state in states[1:]:
+        if set(state) != keys:
+            raise SpeakertripError(f"checkpoints hold different tensors: {sorted(keys ^ set(state))[:5]}")
+    averaged = {}
+    for key, last in states[-1].items():
+        if last.is_floating_point():
+            total = sum(state[key].to(torch.float64) for state in states)
+            averaged[key] = (total / len(states)).to(last.dtype)
+        else:
+            averaged[key] = last.clone()
+    return averaged

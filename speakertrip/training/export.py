@@ -1,0 +1,68 @@
+"""The final artifact: average the last snapshots, validate on the dev trials, record the result, save."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from speakertrip.config import TrainConfig
+from speakertrip.errors import SpeakertripError
+from speakertrip.models import EmbeddingModel
+from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint
+
+SNAPSHOT_PATTERN = re.compile(r"snapshot_(\d+)\.pt$")
+
+
+def snapshot_path(directory: Path, step: int) -> Path:
+    return directory / f"snapshot_{step:08d}.pt"
+
+
+def list_snapshots(directory: str | Path) -> list[Path]:
+    """Model snapshots (one per epoch end, and the final step) in step order."""
+    directory = Path(directory)
+    found = [path for path in directory.glob("snapshot_*.pt") if SNAPSHOT_PATTERN.search(path.name)]
+    return sorted(found, key=lambda path: int(SNAPSHOT_PATTERN.search(path.name).group(1)))
+
+
+def build_model(config: TrainConfig) -> EmbeddingModel:
+    return EmbeddingModel(config.features, config.model.encoder, config.model.options)
+
+
+def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple[EmbeddingModel, list[int]]:
+    """The model whose weights are the mean of the snapshots (or checkpoints) at ``paths``; and their steps."""
+    if not paths:
+        raise SpeakertripError("no snapshots to average: train for at least one epoch, or give --checkpoints")
+    checkpoints = [load_checkpoint(path) for path in paths]
+    model = build_model(config)
+    expected = set(model.state_dict())
+    states = [{key: value for key, value in checkpoint["model"].items() if key in expected}
+              for checkpoint in checkpoints]
+    for path, state in zip(paths, states):
+        if set(state) != expected:
+            raise SpeakertripError(f"{path}: its weights do not fit the config's model "
+                                   f"(missing {sorted(expected - set(state))[:3]})")
+    model.load_state_dict(average_state_dicts(states))
+    return model, [int(checkpoint.get("step", -1)) for checkpoint in checkpoints]
+
+
+def export_model(config: TrainConfig, paths: Sequence[str | Path], out: str | Path, validate_dev: bool = True,
+                 device: torch.device | str = "cpu", progress: bool = False) -> tuple[Path, dict]:
+    """Average ``paths``, validate on ``config.data.dev``/``dev_trials`` when given, save to ``out``.
+
+    Returns the artifact directory and the evaluation recorded in its config.
+    """
+    from speakertrip.data.manifest import read_manifest
+    from speakertrip.training.validation import validate
+
+    model, steps = average_snapshots(config, paths)
+    model.to(device)
+    evaluation: dict = {}
+    if validate_dev and config.data.dev and config.data.dev_trials:
+        evaluation = validate(model, read_manifest(config.data.dev), config.data.dev_trials, progress=progress)
+        evaluation["dev_trials"] = str(config.data.dev_trials)
+    evaluation["averaged_steps"] = steps
+    model.evaluation = evaluation
+    return model.to("cpu").save(out), evaluation
