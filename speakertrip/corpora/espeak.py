@@ -181,8 +181,8 @@ class Espeak:
                 if self._libc_srand is not None:  # eSpeak's breath noise uses the C library's rand()
                     self._libc_srand(ctypes.c_uint(seed & 0xFFFFFFFF))
             self._chunks = []
-            self._check(self._lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None),
-                        f"synthesis of {text[:40]!r}")
+            status = self._lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+            self._check(status, f"synthesis of {text[:40]!r}")
             chunks, self._chunks = self._chunks, []
         return np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
 

@@ -192,8 +192,14 @@ def _speak(voice: SpeakerVoice, rng: np.random.Generator, duration: tuple[float,
     return speech
 
 
-def _generate_speaker(task: tuple[Path, SpeakerVoice, int, int, int, int, tuple[float, float]]) -> list[tuple[str, float]]:
-    """Write one speaker's files (in a fresh process); returns (key, seconds) per utterance."""
+_SpeakerTask = tuple[Path, SpeakerVoice, int, int, int, int, tuple[float, float]]
+
+
+def _generate_speaker(task: _SpeakerTask) -> list[tuple[str, float]]:
+    """Write one speaker's files (in a fresh process); returns (key, seconds) per utterance.
+
+    ``task`` is (root, voice, speaker index, utterances, sessions, seed, duration range).
+    """
     root, voice, index, utterances, sessions, seed, duration = task
     channels = session_channels(index, sessions, seed)
     responses = [room_response(c, np.random.default_rng([seed, index, 2, s])) for s, c in enumerate(channels)]
@@ -226,7 +232,8 @@ def trial_lines(keys: dict[str, list[str]], test_speakers: list[str], seed: int 
 
 def generate_corpus(out: str | Path, num_speakers: int = 50, num_test_speakers: int = 10,
                     utterances_per_speaker: int = 16, sessions_per_speaker: int = 4, seed: int = 0,
-                    workers: int | None = None, duration: tuple[float, float] = (1.5, 3.0)) -> Path:
+                    workers: int | None = None, duration: tuple[float, float] = (1.5, 3.0),
+                    progress: bool = True) -> Path:
     """Write ``<out>/wav/idNNNNN/<session>/NNNNN.wav`` (16 kHz, 16-bit), ``veri_test2.txt`` and ``synth.json``.
 
     Does nothing when ``<out>/synth.json`` records the same parameters and every file is there;
@@ -253,7 +260,7 @@ def generate_corpus(out: str | Path, num_speakers: int = 50, num_test_speakers: 
     tasks = [(out, voice, index, utterances_per_speaker, sessions_per_speaker, seed, tuple(duration))
              for index, voice in enumerate(voices)]
     keys_by_speaker, seconds = {}, 0.0
-    for written in _run_tasks(tasks, workers, utterances_per_speaker):
+    for written in _run_tasks(tasks, workers, utterances_per_speaker, progress):
         keys_by_speaker[written[0][0].split("/")[0]] = [key for key, _ in written]
         seconds += sum(length for _, length in written)
     test_speakers = [voice.speaker for voice in voices[num_speakers - num_test_speakers:]]
@@ -281,7 +288,8 @@ def _check(parameters: dict) -> None:
         raise ConfigError(f"duration=({low}, {high}): expected 0.3 <= shortest <= longest seconds")
 
 
-def _run_tasks(tasks: list, workers: int | None, utterances_per_speaker: int) -> list[list[tuple[str, float]]]:
+def _run_tasks(tasks: list[_SpeakerTask], workers: int | None, utterances_per_speaker: int,
+               progress: bool) -> list[list[tuple[str, float]]]:
     """Run one fresh process per speaker (eSpeak's state must start clean), ``workers`` at a time."""
     from tqdm import tqdm
 
@@ -292,8 +300,8 @@ def _run_tasks(tasks: list, workers: int | None, utterances_per_speaker: int) ->
     if method == "forkserver":
         context.set_forkserver_preload([__name__, "scipy.signal"])  # children fork from a server that imported them
     results = []
-    with context.Pool(workers, maxtasksperchild=1) as pool, \
-            tqdm(total=len(tasks) * utterances_per_speaker, unit="utt", desc="synthesising") as bar:
+    bar = tqdm(total=len(tasks) * utterances_per_speaker, unit="utt", desc="synthesising", disable=not progress)
+    with context.Pool(workers, maxtasksperchild=1) as pool, bar:
         for written in pool.imap_unordered(_generate_speaker, tasks):
             results.append(written)
             bar.update(len(written))
@@ -317,7 +325,7 @@ def prepare_synth(out: str | Path, num_speakers: int = 50, num_test_speakers: in
 
     out = Path(out)
     corpus = generate_corpus(out / "corpus", num_speakers, num_test_speakers, utterances_per_speaker,
-                             sessions_per_speaker, seed, workers)
+                             sessions_per_speaker, seed, workers, progress=progress)
     paths = prepare_voxceleb(corpus, out / "data", workers=workers or 8, progress=progress)
     return {"corpus": corpus, **paths}
 
