@@ -278,14 +278,16 @@ class Trainer:
                           "or raise the margin", stacklevel=2)
 
     def end_epoch(self) -> None:
-        if self.config.train.validate_every == 0:
+        every = self.config.train.validate_every
+        if every == 0 or self.step % every == 0:
             self.validate()
         self.epoch += 1
         self.batch_in_epoch = 0
         self.snapshot()
         self.save()
         if self.dist.is_main:
-            self.log.write(kind="epoch", step=self.step, epoch=self.epoch)
+            self.log.write(kind="epoch", step=self.step, epoch=self.epoch, world_size=self.dist.world_size,
+                           batch=self.batch_size)
 
     def validate(self) -> None:
         """Dev EER/minDCF on rank 0 (others wait); keeps ``best.pt`` by EER."""
