@@ -17,6 +17,7 @@ from speakertrip.errors import SpeakertripError
 # Module names under speakertrip.commands, in the order `--help` lists them.
 COMMANDS: tuple[str, ...] = (
     "prepare",
+    "score", "metrics", "calibrate",
     "convert",
     "train", "average",
     "embed", "verifier", "export",
