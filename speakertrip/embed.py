@@ -177,7 +177,7 @@ def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | No
             durations = [min(duration, chunk_seconds) for duration in durations]  # chunks batch together
         batches = bucket_batches(durations, max_batch_seconds=batch_seconds, max_batch_size=max_batch_size)
         load = lambda batch: [pool.submit(_load, items[i], model_rate, sample_rate, i) for i in batch]  # noqa: E731
-        output = np.empty((len(items), 0), np.float32)
+        output = np.empty((len(items), getattr(model, "embedding_dim", 0)), np.float32)
         threads, was_training = torch.get_num_threads(), model.training
         if num_threads:
             torch.set_num_threads(num_threads)
@@ -191,7 +191,7 @@ def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | No
                     pending = load(batches[number + 1]) if number + 1 < len(batches) else []
                     rows = _embed_waves(model, waves, batch, items, model_rate, device, trim_db, chunk_seconds,
                                         batch_seconds, max_batch_size)
-                    if output.shape[1] == 0:
+                    if output.shape[1] != rows.shape[1]:
                         output = np.empty((len(items), rows.shape[1]), np.float32)
                     output[batch] = rows
                     bar.update(len(batch))
