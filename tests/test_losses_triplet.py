@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from speakertrip.errors import ConfigError
-from speakertrip.losses import TripletLoss, build_miner
+from speakertrip.losses import Miner, TripletLoss, Triplets, build_miner
 
 LABELS = [0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 5, 5]  # speakers 2 and 4 have a single utterance
 
@@ -61,7 +61,7 @@ def reference_loss(x, y, triplets, kind, margin, soft_margin=False, reduction="m
 
 
 def as_set(triplets):
-    rows, negatives = triplets.negatives.nonzero(as_tuple=True)
+    rows, negatives = triplets.pair_negatives().nonzero(as_tuple=True)
     return set(zip(triplets.anchors[rows].tolist(), triplets.positives[rows].tolist(), negatives.tolist()))
 
 
@@ -202,3 +202,34 @@ def test_bad_inputs_name_what_was_expected():
 def test_semi_hard_by_name_uses_the_loss_margin_unless_given():
     assert TripletLoss(margin=0.7, miner="semi_hard").miner.margin == 0.7
     assert build_miner({"name": "semi_hard", "margin": 0.1}, margin=0.7).margin == 0.1
+
+
+class PerPairBatchAll(Miner):
+    """Batch-all laid out per pair (M, B), to check both layouts of the penalty sum agree."""
+
+    def mine(self, dist, labels, embeddings):
+        triplets = build_miner("batch_all").mine(dist, labels, embeddings)
+        return Triplets(triplets.anchors, triplets.positives, triplets.pair_negatives())
+
+
+@pytest.mark.parametrize("soft_margin", [False, True])
+def test_per_anchor_and_per_pair_layouts_agree_with_ties_and_uneven_speakers(soft_margin):
+    generator = torch.Generator().manual_seed(9)
+    labels = torch.randint(0, 9, (64,), generator=generator)
+    x = torch.randn(64, 8, generator=generator, dtype=torch.float64)
+    x[10:14] = x[0]  # exact distance ties
+    x.requires_grad_()
+    values, grads = [], []
+    for miner in ("batch_all", PerPairBatchAll()):
+        value = TripletLoss(margin=0.5, miner=miner, soft_margin=soft_margin, reduction="mean_nonzero")(x, labels)
+        values.append(value)
+        grads.append(torch.autograd.grad(value, x)[0])
+    torch.testing.assert_close(values[0], values[1])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_half_precision_embeddings_are_scored_in_float32():
+    x, y = batch(10, torch.float32)
+    loss = TripletLoss()(x.detach().bfloat16(), y)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, TripletLoss()(x.detach().bfloat16().float(), y))

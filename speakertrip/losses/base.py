@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -83,22 +84,31 @@ def check_inputs(embeddings: torch.Tensor, labels: torch.Tensor, what: str) -> N
         raise ValueError(f"{what}: labels are on {labels.device} but embeddings on {embeddings.device}")
 
 
+@contextlib.contextmanager
+def full_precision(embeddings: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Compute a loss in at least float32 with autocast off: ``with full_precision(e) as e: ...``.
+
+    Distances of nearby unit vectors lose all their digits in bfloat16 (8 bits of mantissa).
+    """
+    with torch.autocast(embeddings.device.type, enabled=False):
+        yield embeddings.float() if embeddings.dtype in (torch.float16, torch.bfloat16) else embeddings
+
+
 def penalty(violation: torch.Tensor, soft_margin: bool) -> torch.Tensor:
     """The hinge ``max(0, v)``, or ``softplus(v)`` for the soft-margin variant (Hermans et al.)."""
     return F.softplus(violation) if soft_margin else F.relu(violation)
 
 
-def reduce(terms: torch.Tensor, count: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce ``terms`` (zero where unselected) over ``count`` selected terms to a scalar.
+def reduce(total: torch.Tensor, count: torch.Tensor, nonzero: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The loss from the ``total`` of ``count`` selected terms, ``nonzero`` of them positive.
 
-    ``"mean"`` divides by ``count`` (the definition), ``"mean_nonzero"`` by the number of
-    positive terms (pytorch-metric-learning's default), ``"sum"`` does not divide. With no
-    selected or no positive term the loss is an exact 0 that still has a (zero) gradient.
+    ``"mean"`` divides by ``count`` (the definition), ``"mean_nonzero"`` by ``nonzero``
+    (pytorch-metric-learning's default), ``"sum"`` does not divide. With no selected or no
+    positive term the loss is an exact 0 that still has a (zero) gradient.
     """
-    total = terms.sum()
     if reduction == "sum":
         return total
-    denominator = count if reduction == "mean" else (terms > 0).sum()
+    denominator = count if reduction == "mean" else nonzero
     return total / denominator.clamp_min(1).to(total.dtype)
 
 

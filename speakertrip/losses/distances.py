@@ -20,7 +20,8 @@ def squared_euclidean(embeddings: torch.Tensor) -> torch.Tensor:
     squares = embeddings.pow(2).sum(dim=1)
     gram = embeddings @ embeddings.T
     dist = (squares[:, None] + squares[None, :] - 2.0 * gram).clamp_min(0.0)
-    return dist * (1.0 - torch.eye(len(dist), dtype=dist.dtype, device=dist.device))
+    dist.diagonal().zero_()  # clamp_min keeps its input for backward, so this in-place edit is safe
+    return dist
 
 
 @DISTANCES.register("euclidean")
@@ -39,8 +40,9 @@ def euclidean(embeddings: torch.Tensor) -> torch.Tensor:
 def cosine(embeddings: torch.Tensor) -> torch.Tensor:
     """Cosine distances ``1 − cos(x_i, x_j)`` (B, D) → (B, B), in [0, 2]."""
     unit = F.normalize(embeddings, dim=1)
-    dist = 1.0 - unit @ unit.T
-    return dist * (1.0 - torch.eye(len(dist), dtype=dist.dtype, device=dist.device))
+    dist = 1.0 - unit @ unit.T  # rsub keeps nothing for backward, so the in-place edit is safe
+    dist.diagonal().zero_()
+    return dist
 
 
 def pairwise_distances(embeddings: torch.Tensor, kind: str = "sqeuclidean") -> torch.Tensor:

@@ -46,9 +46,8 @@ class Miner(ABC):
     def __call__(self, dist: torch.Tensor, labels: torch.Tensor, embeddings: torch.Tensor) -> Triplets:
         with torch.no_grad():
             triplets = self.mine(dist.detach(), labels, embeddings.detach())
-            keep = triplets.negatives.any(dim=1)
-            triplets = Triplets(triplets.anchors[keep], triplets.positives[keep], triplets.negatives[keep])
             triplets.check(labels, type(self).__name__)
+            triplets = triplets.subset(triplets.negatives_per_pair() > 0)
         return triplets
 
     @abstractmethod
@@ -73,7 +72,7 @@ class BatchAllMiner(Miner):
 
     def mine(self, dist, labels, embeddings):
         anchors, positives, negative = all_pairs(labels)
-        return Triplets(anchors, positives, negative[anchors])
+        return Triplets(anchors, positives, negative, per_anchor=True)
 
 
 @MINERS.register("batch_hard")
@@ -84,7 +83,7 @@ class BatchHardMiner(Miner):
         positive, negative = label_masks(labels)
         anchors = (positive.any(dim=1) & negative.any(dim=1)).nonzero(as_tuple=True)[0]
         farthest = dist.masked_fill(~positive, -math.inf).argmax(dim=1)
-        return Triplets(anchors, farthest[anchors], hardest_negative(dist, negative)[anchors])
+        return Triplets(anchors, farthest[anchors], hardest_negative(dist, negative), per_anchor=True)
 
 
 @MINERS.register("semi_hard")
@@ -121,7 +120,7 @@ class HardestKMiner(Miner):
 
     def mine(self, dist, labels, embeddings):
         anchors, positives, negative = all_pairs(labels)
-        return Triplets(anchors, positives, k_extreme(dist, negative, self.k, largest=False)[anchors])
+        return Triplets(anchors, positives, k_extreme(dist, negative, self.k, largest=False), per_anchor=True)
 
 
 class SamplingMiner(Miner):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speakertrip.losses.base import (LOSSES, REDUCTIONS, check_choice, check_inputs, check_margin,
-                                     masked_mean, penalty, reduce)
+                                     full_precision, masked_mean, penalty, reduce)
 from speakertrip.losses.distances import DISTANCES, pairwise_distances
 from speakertrip.losses.miners import AnchorSetMiner
 
@@ -57,6 +57,10 @@ class MultiPositiveTripletLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``embeddings`` (B, D) with speaker ``labels`` (B,) → 0-dim tensor."""
         check_inputs(embeddings, labels, "MultiPositiveTripletLoss")
+        with full_precision(embeddings) as embeddings:
+            return self._loss(embeddings, labels)
+
+    def _loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.normalize:
             embeddings = F.normalize(embeddings, dim=1)
         dist = pairwise_distances(embeddings, self.distance)
@@ -73,7 +77,7 @@ class MultiPositiveTripletLoss(nn.Module):
                 "positive_distance": masked_mean(positive, valid),
                 "negative_distance": masked_mean(negative, valid),
             }
-        return reduce(terms, count, self.reduction)
+        return reduce(terms.sum(), count, (terms > 0).sum(), self.reduction)
 
     def extra_repr(self) -> str:
         m = self.miner

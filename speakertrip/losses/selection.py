@@ -26,38 +26,59 @@ class Triplets:
     ----------
     anchors, positives : (M,) long
         The M anchor-positive pairs (same label, different index).
-    negatives : (M, B) bool
-        ``negatives[m, n]`` selects the triplet ``(anchors[m], positives[m], n)``.
+    negatives : (M, B) or (B, B) bool
+        Per pair: ``negatives[m, n]`` selects the triplet ``(anchors[m], positives[m], n)``.
+        Per anchor (``per_anchor=True``): row ``a`` is the negative set of every pair whose
+        anchor is ``a`` (batch-all, hardest-k, batch-hard), which lets the hinge loss be summed
+        by sorting each anchor's negatives instead of building an (M, B) matrix.
+    per_anchor : bool
+        Which of the two layouts ``negatives`` has.
     """
 
     anchors: torch.Tensor
     positives: torch.Tensor
     negatives: torch.Tensor
+    per_anchor: bool = False
+
+    def pair_negatives(self) -> torch.Tensor:
+        """(M, B) bool: the negatives of each pair, whatever the layout."""
+        return self.negatives[self.anchors] if self.per_anchor else self.negatives
+
+    def negatives_per_pair(self) -> torch.Tensor:
+        """(M,) long: how many negatives each pair has."""
+        counts = self.negatives.sum(dim=1)
+        return counts[self.anchors] if self.per_anchor else counts
 
     @property
     def num_triplets(self) -> torch.Tensor:
         """The number of selected triplets, a 0-dim tensor (no device sync)."""
-        return self.negatives.sum()
+        return self.negatives_per_pair().sum()
+
+    def subset(self, keep: torch.Tensor) -> "Triplets":
+        """The pairs where ``keep`` (M,) is true."""
+        negatives = self.negatives if self.per_anchor else self.negatives[keep]
+        return Triplets(self.anchors[keep], self.positives[keep], negatives, self.per_anchor)
 
     def check(self, labels: torch.Tensor, source: str) -> None:
         """Raise ``ValueError`` naming ``source`` unless every selected triplet is valid for ``labels``."""
         batch = len(labels)
         count = len(self.anchors)
+        rows = batch if self.per_anchor else count
         if (self.anchors.shape != (count,) or self.positives.shape != (count,)
-                or self.negatives.shape != (count, batch) or self.negatives.dtype != torch.bool):
+                or self.negatives.shape != (rows, batch) or self.negatives.dtype != torch.bool):
             raise ValueError(
                 f"{source} returned anchors {tuple(self.anchors.shape)}, positives "
                 f"{tuple(self.positives.shape)}, negatives {tuple(self.negatives.shape)} "
-                f"{self.negatives.dtype}; expected (M,), (M,) and a ({count}, {batch}) bool mask")
+                f"{self.negatives.dtype}; expected (M,), (M,) and a ({rows}, {batch}) bool mask")
         if count == 0:
             return
         for name, index in (("anchor", self.anchors), ("positive", self.positives)):
             if index.min() < 0 or index.max() >= batch:
                 raise ValueError(f"{source} returned a {name} index outside 0..{batch - 1}")
-        anchor_labels = labels[self.anchors]
-        if (self.anchors == self.positives).any() or (anchor_labels != labels[self.positives]).any():
+        if (self.anchors == self.positives).any() or (labels[self.anchors] != labels[self.positives]).any():
             raise ValueError(f"{source} returned a positive that is the anchor itself or has another label")
-        if (self.negatives & (anchor_labels[:, None] == labels[None, :])).any():
+        row_labels = labels if self.per_anchor else labels[self.anchors]
+        if (self.negatives & (row_labels[:, None] == labels[None, :])).any():
             raise ValueError(f"{source} returned a negative with the anchor's label")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -9,9 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from speakertrip.losses.base import (LOSSES, REDUCTIONS, check_choice, check_inputs, check_margin,
-                                     masked_mean, penalty, reduce)
+                                     full_precision, reduce)
 from speakertrip.losses.distances import DISTANCES, pairwise_distances
 from speakertrip.losses.miners import Miner, build_miner
+from speakertrip.losses.selection import Triplets
+from speakertrip.losses.slots import SlotPenaltySum, pair_slots
 
 
 @LOSSES.register("triplet")
@@ -62,24 +65,46 @@ class TripletLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Loss of ``embeddings`` (B, D) with speaker ``labels`` (B,) → 0-dim tensor."""
         check_inputs(embeddings, labels, "TripletLoss")
-        if self.normalize:
-            embeddings = F.normalize(embeddings, dim=1)
-        dist = pairwise_distances(embeddings, self.distance)
-        triplets = self.miner(dist, labels, embeddings)
-        positive = dist[triplets.anchors, triplets.positives]  # (M,)
-        negative = dist[triplets.anchors]  # (M, B); selected columns in triplets.negatives
-        violation = positive[:, None] - negative + self.margin
-        terms = torch.where(triplets.negatives, penalty(violation, self.soft_margin), 0.0)
-        count = triplets.num_triplets
-        with torch.no_grad():
-            active = (triplets.negatives & (violation > 0)).sum()
-            self.last_stats = {
-                "active_fraction": active / count.clamp_min(1),
-                "positive_distance": masked_mean(positive, torch.ones_like(positive, dtype=torch.bool)),
-                "negative_distance": masked_mean(negative, triplets.negatives),
-            }
-        return reduce(terms, count, self.reduction)
+        with full_precision(embeddings) as embeddings:
+            if self.normalize:
+                embeddings = F.normalize(embeddings, dim=1)
+            dist = pairwise_distances(embeddings, self.distance)
+            triplets = self.miner(dist, labels, embeddings)
+            positive = dist[triplets.anchors, triplets.positives]  # (M,)
+            total, active = penalty_sum(dist, triplets, positive + self.margin, self.soft_margin)
+            nonzero = triplets.num_triplets if self.soft_margin else active
+            count = triplets.num_triplets
+            with torch.no_grad():
+                self.last_stats = {
+                    "active_fraction": active / count.clamp_min(1),
+                    "positive_distance": positive.detach().mean(),
+                    "negative_distance": negative_sum(dist, triplets) / count,
+                }
+            return reduce(total, count, nonzero, self.reduction)
 
     def extra_repr(self) -> str:
         return (f"margin={self.margin}, distance={self.distance!r}, miner={self.miner!r}, "
                 f"soft_margin={self.soft_margin}, reduction={self.reduction!r}, normalize={self.normalize}")
+
+
+def penalty_sum(dist: torch.Tensor, triplets: Triplets, thresholds: torch.Tensor,
+                soft_margin: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ penalty(t_m − d(a_m, n)) over selected triplets, ``thresholds`` t (M,) = d(a,p) + α.
+
+    Returns the differentiable total (0-dim) and the number of triplets with t − d(a,n) > 0.
+    """
+    order, slot, width = pair_slots(triplets.anchors, len(dist))
+    anchors = triplets.anchors[order]
+    table = dist.new_full((len(dist), width), -math.inf).index_put((anchors, slot), thresholds[order])
+    negatives = triplets.negatives
+    if not triplets.per_anchor:
+        negatives = negatives.new_zeros((len(dist), width, len(dist))).index_put((anchors, slot), negatives[order])
+    return SlotPenaltySum.apply(dist, table, negatives, soft_margin)
+
+
+def negative_sum(dist: torch.Tensor, triplets: Triplets) -> torch.Tensor:
+    """Detached sum of ``d(a,n)`` over the selected triplets."""
+    dist = dist.detach()
+    if triplets.per_anchor:
+        return ((dist * triplets.negatives).sum(dim=1)[triplets.anchors]).sum()
+    return (dist[triplets.anchors] * triplets.negatives).sum()
