@@ -129,13 +129,15 @@ def _load_directory(path: Path) -> EmbeddingStore:
     keys_path, matrix_path = path / KEYS_FILE, path / EMBEDDINGS_FILE
     for needed in (keys_path, matrix_path):
         if not needed.is_file():
-            raise FormatError(f"missing {needed.name} (a store directory holds {KEYS_FILE} and {EMBEDDINGS_FILE})", path)
+            raise FormatError(f"missing {needed.name} (a store directory holds {KEYS_FILE} and "
+                              f"{EMBEDDINGS_FILE})", path)
     lines = keys_path.read_text(encoding="utf-8").splitlines()
     if not lines:
         raise FormatError("empty embedding store (no keys)", keys_path)
     for line_no, line in enumerate(lines, 1):
         if not line.strip() or line != line.strip():
-            raise FormatError("expected one key per line, without blanks or surrounding spaces", keys_path, line_no, line)
+            raise FormatError("expected one key per line, without blanks or surrounding spaces",
+                              keys_path, line_no, line)
     try:
         embeddings = np.load(matrix_path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as error:

@@ -6,6 +6,7 @@ import pytest
 from speakertrip import scoring
 from speakertrip.embedding_store import EmbeddingStore
 from speakertrip.errors import ConfigError, FormatError, KeyNotFoundError
+from speakertrip.scoring.cosine import _cosine_scores_torch
 from speakertrip.scoring.norm import _cohort_stats_torch
 from speakertrip.scoring.top_k import top_k_values
 
@@ -46,6 +47,8 @@ def test_cosine_scores_match_a_loop():
     scores = scoring.score_trials(trials, store, chunk_size=7)  # several chunks, one partial
     assert scores.dtype == np.float32
     np.testing.assert_allclose(scores, expected, atol=1e-6)
+    on_torch = _cosine_scores_torch(scoring.trial_embeddings(trials, store), "cpu", 7)  # the GPU code, on CPU
+    np.testing.assert_allclose(on_torch, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("method, top_k", [("znorm", None), ("tnorm", None), ("snorm", None), ("asnorm", 5),

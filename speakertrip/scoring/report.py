@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -40,7 +40,7 @@ class VerificationMetrics:
     act_dcf: dict[float, float] | None = None
     act_dcf_threshold: dict[float, float] | None = None
     cllr: float | None = None
-    intervals: dict | None = field(default=None)
+    intervals: dict | None = None
     confidence: float | None = None
 
     @property
@@ -134,15 +134,16 @@ def compute_metrics(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[
     points = OperatingPoints.from_groups(groups)
     eer, eer_threshold = eer_from_points(points)
     min_dcfs = {p: min_dcf_from_points(points, p, c_miss, c_fa) for p in p_targets}
-    actual = None
+    actual = actual_dcfs = None
     if llr or threshold is not None:
         actual = {p: threshold if threshold is not None else bayes_threshold(p, c_miss, c_fa) for p in p_targets}
+        actual_dcfs = {p: act_dcf(scores, labels, t, p, c_miss, c_fa) for p, t in actual.items()}
+    intervals = bootstrap_intervals(groups, p_targets, c_miss, c_fa, bootstrap, confidence, seed) if bootstrap else None
     return VerificationMetrics(
         trials=len(scores), targets=points.n_targets, eer=eer, eer_threshold=eer_threshold,
         min_dcf={p: value for p, (value, _) in min_dcfs.items()},
         min_dcf_threshold={p: where for p, (_, where) in min_dcfs.items()},
         rocch_eer=rocch_eer_from_groups(groups), min_cllr=min_cllr_from_groups(groups), c_miss=c_miss, c_fa=c_fa,
-        act_dcf=None if actual is None else {p: act_dcf(scores, labels, t, p, c_miss, c_fa) for p, t in actual.items()},
+        act_dcf=actual_dcfs,
         act_dcf_threshold=actual, cllr=cllr(scores, labels) if llr else None,
-        intervals=bootstrap_intervals(groups, p_targets, c_miss, c_fa, bootstrap, confidence, seed) if bootstrap else None,
-        confidence=confidence if bootstrap else None)
+        intervals=intervals, confidence=confidence if bootstrap else None)
