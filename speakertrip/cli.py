@@ -21,6 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "convert",
     "train", "average",
     "embed", "verifier", "export",
+    "demo",
 )
 
 
