@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from speakertrip.errors import ConfigError
-from speakertrip.losses import Miner, TripletLoss, Triplets, build_miner
+from speakertrip.losses import Miner, TripletLoss, Triplets, build_miner, pairwise_distances
 
 LABELS = [0, 0, 0, 1, 1, 2, 3, 3, 3, 3, 4, 5, 5]  # speakers 2 and 4 have a single utterance
 
@@ -77,19 +77,13 @@ def test_loss_value_gradient_and_selection_match_loops(miner, kind, dtype):
         value = loss(x, y)
         (grad,) = torch.autograd.grad(value, x)
         triplets = enumerate_triplets(x.detach().double(), y, miner, kind, margin)
-        mined = loss.miner(loss_distances(x, kind), y, x)
+        mined = loss.miner(pairwise_distances(x.detach(), kind), y, x)
         assert as_set(mined) == set(triplets)
         expected = reference_loss(x, y, triplets, kind, margin)
         (expected_grad,) = torch.autograd.grad(expected, x)
         tol = 1e-5 if dtype == torch.float32 else 1e-12
         torch.testing.assert_close(value, expected, atol=tol, rtol=tol)
         torch.testing.assert_close(grad, expected_grad, atol=tol, rtol=1e-4 if dtype == torch.float32 else 1e-9)
-
-
-def loss_distances(x, kind):
-    from speakertrip.losses import pairwise_distances
-
-    return pairwise_distances(x.detach(), kind)
 
 
 @pytest.mark.parametrize("soft_margin", [False, True])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speakertrip.errors import ConfigError
-from speakertrip.losses.base import LOSSES, check_inputs, check_margin
+from speakertrip.losses.base import LOSSES, check_inputs, check_margin, full_precision
 
 
 @LOSSES.register("aam")
@@ -79,8 +79,9 @@ class AAMSoftmax(nn.Module):
             if low < 0 or high >= len(self.weight):
                 raise ValueError(f"AAMSoftmax: labels must lie in 0..{len(self.weight) - 1} "
                                  f"(num_classes={len(self.weight)}), got {low}..{high}")
-        logits, cosine = self.logits(embeddings, labels)
-        loss = F.cross_entropy(logits, labels.long())
+        with full_precision(embeddings) as embeddings:
+            logits, cosine = self.logits(embeddings, labels)
+            loss = F.cross_entropy(logits, labels.long())
         with torch.no_grad():
             self.last_stats = {
                 "accuracy": (cosine.argmax(dim=1) == labels).to(cosine.dtype).mean(),
