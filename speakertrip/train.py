@@ -132,8 +132,8 @@ class Trainer:
         criterion = build_loss(config.loss.kind, embedding_dim=self.model.embedding_dim, num_classes=num_classes,
                                **config.loss.options)
         self.module = TrainingModule(self.model, criterion).to(device)
-        if loop.compile:
-            self.module.model.encoder = torch.compile(self.module.model.encoder)
+        if loop.compile:  # in place, so that state-dict keys (checkpoints, snapshots) stay the same
+            self.model.encoder.compile()
         self.wrapped: nn.Module = self.module
         if distributed.enabled:
             self.wrapped = nn.parallel.DistributedDataParallel(

@@ -135,3 +135,17 @@ def test_metrics_log_resume_drops_repeated_steps(tmp_path):
     resumed = MetricsLog(tmp_path / "metrics.jsonl", resume_step=4)
     resumed.write(kind="step", step=6, loss=0.5)
     assert [(r["step"], r["loss"]) for r in resumed.read()] == [(2, 0.5), (4, 0.25), (6, 0.5)]
+
+
+@pytest.mark.parametrize("name", ["ecapa_triplet", "ecapa_batchhard", "tdnn_triplet", "ecapa_aam"])
+def test_recipe_configs_load_and_build(name):
+    from pathlib import Path
+
+    from speakertrip.losses import build_loss
+    from speakertrip.models import build_encoder
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "voxceleb" / "conf" / f"{name}.yaml"
+    config = load_config(path)
+    assert config.train.exp_dir == f"exp/{name}" and config.loss.p * config.loss.k == 256
+    encoder = build_encoder(config.model.encoder, config.features.n_mels, config.model.options)
+    build_loss(config.loss.kind, embedding_dim=encoder.embedding_dim, num_classes=5994, **config.loss.options)

@@ -1,0 +1,180 @@
+"""Training throughput: our step (speakertrip's TrainingModule) against a plain fp32 loop, and the loader.
+
+For each encoder, one P×K batch of random crops is trained for a few steps two ways on the same
+weights: (a) speakertrip's step (frontend + encoder + multi-positive hardest-k loss + AdamW + grad
+clipping; bf16 autocast on CUDA) and (b) a plain loop a SpeechBrain user would write (SpeechBrain's
+``Fbank`` + sentence mean normalisation + the bare lobe, fp32 throughout, same loss and optimiser).
+The first-step losses must agree (fp32: 1e-4; bf16: 5e-2 relative). The crop loader's own
+throughput (CropDataset + PKSampler + DataLoader on int16 wav files) is printed beside, so that a
+starving device is visible.
+
+    .venv/bin/python scripts/bench_train.py                      # CPU: B=32 crops of 2 s
+    .venv/bin/python scripts/bench_train.py --p 64 --k 4         # GPU: B=256, bf16 vs fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from speakertrip.features import FeatureConfig
+from speakertrip.losses import build_loss
+from speakertrip.models import EmbeddingModel
+from speakertrip.train import TrainingModule
+
+MODELS = {"tdnn-512": ("tdnn", {"channels": 512}), "ecapa-64": ("ecapa", {"channels": 64}),
+          "ecapa-512": ("ecapa", {"channels": 512}), "ecapa-1024": ("ecapa", {"channels": 1024})}
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_pair(first_step, second_step, steps: int, device: torch.device) -> tuple[float, float, float, float]:
+    """First losses and median seconds per step of two step functions, alternated step by step so
+    that a shared machine's load drifts over both alike (two warm-up steps each)."""
+    losses = (first_step(), second_step())
+    first_step(), second_step()
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(steps):
+        for index, step in enumerate((first_step, second_step)):
+            synchronise(device)
+            start = time.perf_counter()
+            step()
+            synchronise(device)
+            times[index].append(time.perf_counter() - start)
+    return losses[0], statistics.median(times[0]), losses[1], statistics.median(times[1])
+
+
+def ours(model: EmbeddingModel, batch, amp: torch.dtype | None, clip: float = 5.0):
+    module = TrainingModule(model, build_loss("multi_positive", margin=0.3, hardest_negatives=4)).train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    waves, lengths, labels = batch
+
+    def step() -> float:
+        loss = module(waves, lengths, labels, amp)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def plain_fp32(model: EmbeddingModel, batch, clip: float = 5.0):
+    """The loop written by hand on SpeechBrain's pieces; ``model`` supplies the starting weights."""
+    import copy
+
+    from speechbrain.lobes.features import Fbank
+    from speechbrain.processing.features import InputNormalization
+
+    device = batch[0].device
+    fbank = Fbank(n_mels=model.feature_config.n_mels).to(device)
+    normalise = InputNormalization(norm_type="sentence", std_norm=False).to(device)
+    encoder = copy.deepcopy(model.encoder).train()
+    loss_fn = build_loss("multi_positive", margin=0.3, hardest_negatives=4)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3)
+    waves, _, labels = batch
+    relative = torch.ones(len(waves), device=device)
+
+    def step() -> float:
+        features = normalise(fbank(waves), relative)
+        embeddings = F.normalize(encoder(features), dim=-1)
+        loss = loss_fn(embeddings, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(encoder.parameters(), clip)
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def loader_throughput(p: int, k: int, crop_seconds: float, workers: int, batches: int) -> float:
+    """Crops per second from CropDataset + PKSampler + DataLoader over a generated int16 wav tree."""
+    from torch.utils.data import DataLoader
+
+    from speakertrip.corpora.voxceleb import prepare_voxceleb
+    from speakertrip.data.datasets import CropDataset, collate_crops
+    from speakertrip.data.manifest import read_manifest
+    from speakertrip.data.sampler import PKSampler
+    from speakertrip.testing import make_voxceleb_tree
+
+    with tempfile.TemporaryDirectory() as folder:
+        tree = make_voxceleb_tree(Path(folder) / "vox", num_speakers=max(2 * p, 8), sessions=2,
+                                  utterances_per_session=k, duration=(crop_seconds + 1, crop_seconds + 3),
+                                  trial_list=False)
+        utterances = read_manifest(prepare_voxceleb(tree, Path(folder) / "data", progress=False)["utts"])
+        dataset = CropDataset(utterances, crop_seconds)
+        sampler = PKSampler(dataset.speaker_ids, p, k, batches_per_epoch=batches + 2)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_crops, num_workers=workers,
+                            prefetch_factor=4 if workers else None)
+        iterator = iter(loader)
+        next(iterator), next(iterator)  # workers started
+        start = time.perf_counter()
+        count = sum(len(batch.labels) for batch in iterator)
+        return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=None, choices=sorted(MODELS),
+                        help="default: tdnn-512 ecapa-512 (GPU adds ecapa-1024; CPU adds ecapa-64)")
+    parser.add_argument("--p", type=int, default=None, help="speakers per batch (default 64 on GPU, 8 on CPU)")
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--crop", type=float, default=2.0, help="crop seconds")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20 GPU, 3 CPU)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the loader figure")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    p = args.p or (64 if gpu else 8)
+    steps = args.steps or (20 if gpu else 3)
+    names = args.models or (["tdnn-512", "ecapa-512", "ecapa-1024"] if gpu else ["ecapa-64", "tdnn-512", "ecapa-512"])
+    amp = torch.bfloat16 if gpu else None
+    batch_size = p * args.k
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # the fp32 side is fp32
+
+    print(f"device {device} ({torch.cuda.get_device_name(device) if gpu else f'{torch.get_num_threads()} threads'}), "
+          f"B = {p} x {args.k} crops of {args.crop} s, ours {'bf16 autocast' if amp else 'fp32'} vs plain fp32 loop")
+    loader_rate = loader_throughput(p, args.k, args.crop, args.workers, batches=8 if gpu else 4)
+    print(f"crop loader ({args.workers} workers): {loader_rate:,.0f} crops/s")
+    header = f"{'model':<11} {'params':>7} {'ours ms':>8} {'ours utt/s':>10} {'plain ms':>9} {'plain utt/s':>11} " \
+             f"{'speed-up':>8} {'loss ours':>10} {'loss plain':>10}"
+    print(header)
+    print("-" * len(header))
+    generator = torch.Generator().manual_seed(0)
+    waves = (0.1 * torch.randn(batch_size, int(args.crop * 16000), generator=generator)).to(device)
+    labels = torch.arange(p).repeat_interleave(args.k).to(device)
+    lengths = torch.full((batch_size,), waves.shape[1], device=device)
+    for name in names:
+        encoder, options = MODELS[name]
+        torch.manual_seed(0)
+        model = EmbeddingModel(FeatureConfig.speechbrain(), encoder, options).to(device)
+        parameters = sum(t.numel() for t in model.parameters()) / 1e6
+        peer_step = plain_fp32(model, (waves, lengths, labels))  # copies the initial weights first
+        loss_ours, seconds_ours, loss_plain, seconds_plain = time_pair(
+            ours(model, (waves, lengths, labels), amp), peer_step, steps, device)
+        tolerance = 5e-2 if amp else 1e-4
+        agree = abs(float(loss_ours) - float(loss_plain)) <= tolerance * max(1.0, abs(float(loss_plain)))
+        print(f"{name:<11} {parameters:>6.1f}M {1e3 * seconds_ours:>8.1f} {batch_size / seconds_ours:>10,.0f} "
+              f"{1e3 * seconds_plain:>9.1f} {batch_size / seconds_plain:>11,.0f} {seconds_plain / seconds_ours:>7.2f}x "
+              f"{float(loss_ours):>10.5f} {float(loss_plain):>10.5f}{'' if agree else '  LOSSES DISAGREE'}")
+        if not agree:
+            raise SystemExit(f"{name}: first-step losses disagree beyond {tolerance}")
+    print(f"a step is data-bound when utt/s exceeds the loader's {loader_rate:,.0f} crops/s "
+          f"(raise data.workers)")
+
+
+if __name__ == "__main__":
+    main()
