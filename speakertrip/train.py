@@ -100,7 +100,8 @@ class Trainer:
         self.exp_dir = Path(loop.exp_dir)
         self.checkpoints = self.exp_dir / "checkpoints"
         if not config.data.train:
-            raise ConfigError("data.train is not set: give the training manifest (train.jsonl from `speakertrip prepare`)")
+            raise ConfigError("data.train is not set: give the training manifest "
+                              "(train.jsonl from `speakertrip prepare`)")
         if bool(config.data.dev) != bool(config.data.dev_trials):
             raise ConfigError("data.dev and data.dev_trials go together: give both (validation) or neither")
         if resume and not (self.checkpoints / "last.pt").is_file():

@@ -8,12 +8,11 @@ import pickle
 import pytest
 import torch
 
-from speakertrip.config import TrainConfig, load_config, parse_overrides, save_config
+from speakertrip.config import ScheduleConfig, TrainConfig, load_config, parse_overrides, save_config
 from speakertrip.errors import ConfigError, FormatError
 from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint, save_checkpoint
 from speakertrip.training.metrics_log import MetricsLog
 from speakertrip.training.schedule import learning_rate
-from speakertrip.config import ScheduleConfig
 
 YAML = """
 data: {train: train.jsonl, crop_seconds: 1.5}
