@@ -1,15 +1,19 @@
 """Benchmark: batched extraction vs a per-file SpeechBrain ``encode_batch`` loop, and identification at scale.
 
 1. ``--utterances`` files of 2–10 s (16 kHz int16 wav), ECAPA-512 with random weights (same on
-   both sides), CPU. speakertrip: ``embed_many`` (length buckets, files read ahead in threads,
-   exact per-row padding). Peer: for each file, ``soundfile.read`` then what SpeechBrain's
+   both sides), CPU, the same ``--threads`` for every system. speakertrip: ``embed_many`` (length
+   buckets, files read ahead in threads, the frozen inference copy of the encoder, one batch per
+   thread at a time), and the same with ``optimize=False`` (the model itself, one batch over all
+   threads). Peer: for each file, ``soundfile.read`` then what SpeechBrain's
    ``EncoderClassifier.encode_batch`` does: ``Fbank(n_mels=80)`` → ``InputNormalization("sentence")``
-   → the ECAPA lobe (loaded with our weights) → L2 normalisation. Embeddings must agree to 1e-4.
+   → the ECAPA lobe (loaded with our weights) → L2 normalisation, at ``--threads`` threads and at 1
+   thread (faster when another process holds a core). Systems alternate in rounds of ``--round``
+   files so that load changes on a shared machine hit all of them alike. Embeddings must agree to 1e-4.
 2. ``--speakers`` enrolled speakers (192-d centroids in the SQLite store): time per query of the
    search (one matrix-vector product + argpartition) and of a whole ``Verifier.identify`` on a 3 s file.
 
     .venv/bin/python scripts/bench_embed.py               # full run (several minutes on 2 cores)
-    .venv/bin/python scripts/bench_embed.py --quick       # 40 utterances, 20k speakers
+    .venv/bin/python scripts/bench_embed.py --quick       # 100 utterances, 20k speakers
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from tqdm import tqdm
 
 
 def write_corpus(root: Path, count: int, seed: int = 0) -> list[Path]:
@@ -41,7 +46,8 @@ def write_corpus(root: Path, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def speechbrain_encode_loop(model, paths: list[Path]) -> np.ndarray:
+def speechbrain_encoder(model):
+    """SpeechBrain's own pipeline with our weights: Fbank(n_mels=80), sentence mean norm, their ECAPA lobe."""
     from speechbrain.lobes.features import Fbank
     from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
     from speechbrain.processing.features import InputNormalization
@@ -50,45 +56,82 @@ def speechbrain_encode_loop(model, paths: list[Path]) -> np.ndarray:
     ecapa = ECAPA_TDNN(80, channels=[options["channels"]] * 4 + [3 * options["channels"]], lin_neurons=192).eval()
     ecapa.load_state_dict(model.encoder.state_dict())
     fbank, norm = Fbank(n_mels=80).eval(), InputNormalization(norm_type="sentence", std_norm=False).eval()
+    return fbank, norm, ecapa
+
+
+def speechbrain_encode_loop(peer, paths: list[Path], threads: int) -> np.ndarray:
+    """For each file: ``soundfile.read``, then what ``EncoderClassifier.encode_batch`` does, on ``threads`` threads."""
+    fbank, norm, ecapa = peer
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     out = []
-    with torch.no_grad():
-        for path in paths:
-            wave, _ = sf.read(path, dtype="float32")
-            wavs, lens = torch.from_numpy(wave)[None], torch.ones(1)
-            feats = norm(fbank(wavs), lens)  # encode_batch: compute_features, mean_var_norm, embedding_model
-            out.append(torch.nn.functional.normalize(ecapa(feats, lens).squeeze(1), dim=-1)[0].numpy())
+    try:
+        with torch.no_grad():
+            for path in paths:
+                wave, _ = sf.read(path, dtype="float32")
+                wavs, lens = torch.from_numpy(wave)[None], torch.ones(1)
+                feats = norm(fbank(wavs), lens)  # encode_batch: compute_features, mean_var_norm, embedding_model
+                out.append(torch.nn.functional.normalize(ecapa(feats, lens).squeeze(1), dim=-1)[0].numpy())
+    finally:
+        torch.set_num_threads(previous)
     return np.stack(out)
 
 
-def bench_extraction(count: int, threads: int | None) -> None:
+def bench_extraction(count: int, threads: int, round_size: int) -> None:
+    """Both sides (and their variants) run on the same files, round after round, so load changes hit all alike."""
     from speakertrip.embed import embed_many
     from speakertrip.features import FeatureConfig
     from speakertrip.models import EmbeddingModel
 
     torch.manual_seed(0)
     model = EmbeddingModel(FeatureConfig.speechbrain(n_mels=80), "ecapa", {"channels": 512}).eval()
-    for module in model.modules():
+    for module in model.modules():  # statistics and affine weights of a trained model, some scales negative
         if isinstance(module, torch.nn.BatchNorm1d):
             module.running_mean.normal_(0, 0.2)
             module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_(1.0, 0.5)
+            module.bias.data.normal_(0.0, 0.1)
+    peer = speechbrain_encoder(model)
+    systems = {
+        f"speakertrip embed_many ({threads} streams x 1 thread)":
+            lambda paths: embed_many(model, paths, num_threads=threads),
+        f"speakertrip embed_many, unoptimised ({threads} threads)":
+            lambda paths: embed_many(model, paths, num_threads=threads, optimize=False),
+        f"SpeechBrain encode_batch per file ({threads} threads)":
+            lambda paths: speechbrain_encode_loop(peer, paths, threads),
+    }
+    if threads > 1:
+        systems["SpeechBrain encode_batch per file (1 thread)"] = lambda paths: speechbrain_encode_loop(peer, paths, 1)
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_corpus(Path(tmp), count)
         audio = sum(sf.info(p).duration for p in paths)
-        embed_many(model, paths[:2])  # warm-up (allocators, lazy imports) for both sides
-        speechbrain_encode_loop(model, paths[:2])
-        start = time.perf_counter()
-        ours = embed_many(model, paths, num_threads=threads, progress=True)
-        ours_s = time.perf_counter() - start
-        start = time.perf_counter()
-        peer = speechbrain_encode_loop(model, paths)
-        peer_s = time.perf_counter() - start
-    error = float(np.abs(ours - peer).max())
-    print(f"\nextraction: {count} utterances, {audio:.0f} s of audio, ECAPA-512, CPU, {torch.get_num_threads()} threads")
-    print(f"{'system':<44} {'wall (s)':>9} {'RTF':>8} {'utt/s':>7}")
-    print(f"{'speakertrip embed_many (bucketed batches)':<44} {ours_s:>9.1f} {ours_s / audio:>8.4f} {count / ours_s:>7.1f}")
-    print(f"{'SpeechBrain encode_batch, one file at a time':<44} {peer_s:>9.1f} {peer_s / audio:>8.4f} {count / peer_s:>7.1f}")
-    print(f"speed-up {peer_s / ours_s:.2f}x; max |difference| of embeddings {error:.2e} "
-          f"({'agree' if error <= 1e-4 else 'DISAGREE'} to 1e-4)")
+        for run in systems.values():  # warm-up: allocators, lazy imports, the inference copy
+            run(paths[:2])
+        seconds = dict.fromkeys(systems, 0.0)
+        outputs = {name: [] for name in systems}
+        for start in tqdm(range(0, count, round_size), desc="rounds", unit="round"):
+            chunk = paths[start: start + round_size]
+            for name, run in systems.items():
+                began = time.perf_counter()
+                outputs[name].append(run(chunk))
+                seconds[name] += time.perf_counter() - began
+    embeddings = {name: np.concatenate(parts) for name, parts in outputs.items()}
+    ours_name, *_ = systems
+    ours, ours_s = embeddings[ours_name], seconds[ours_name]
+    peers = [name for name in systems if name.startswith("SpeechBrain")]
+    best_peer = min(peers, key=seconds.get)
+    print(f"\nextraction: {count} utterances, {audio:.0f} s of audio, ECAPA-512, CPU, {threads} threads "
+          f"({torch.__version__}; rounds of {round_size} files, systems interleaved)")
+    print(f"{'system':<56} {'wall (s)':>9} {'RTF':>8} {'utt/s':>7} {'max |diff|':>11}")
+    for name in systems:
+        error = float(np.abs(embeddings[name] - ours).max())
+        print(f"{name:<56} {seconds[name]:>9.1f} {seconds[name] / audio:>8.4f} {count / seconds[name]:>7.1f} "
+              f"{error:>11.1e}")
+    worst = max(float(np.abs(embeddings[name] - ours).max()) for name in systems)
+    print(f"speed-up vs the fastest SpeechBrain loop ({best_peer.split('(')[-1][:-1]}): "
+          f"{seconds[best_peer] / ours_s:.2f}x; vs SpeechBrain at {threads} threads: "
+          f"{seconds[peers[0]] / ours_s:.2f}x; vs our unoptimised path: {seconds[list(systems)[1]] / ours_s:.2f}x")
+    print(f"embeddings {'agree' if worst <= 1e-4 else 'DISAGREE'} to 1e-4 (max |difference| {worst:.1e})")
 
 
 def bench_identify(speakers: int, queries: int = 200) -> None:
@@ -134,12 +177,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--utterances", type=int, default=500)
     parser.add_argument("--speakers", type=int, default=100_000)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--quick", action="store_true", help="40 utterances and 20k speakers")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for every system (default: torch's)")
+    parser.add_argument("--round", type=int, default=50, help="files per interleaved round")
+    parser.add_argument("--quick", action="store_true", help="100 utterances and 20k speakers")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    bench_extraction(40 if args.quick else args.utterances, args.threads)
+    bench_extraction(100 if args.quick else args.utterances, args.threads or torch.get_num_threads(), args.round)
     bench_identify(20_000 if args.quick else args.speakers)
 
 

@@ -13,6 +13,15 @@ from speakertrip.models import EmbeddingModel
 from speakertrip.testing import make_voxceleb_tree, speech_like, write_bad_audio
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second intra-op thread only adds synchronisation (and stalls on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_model(encoder="ecapa", options=None, seed=0):
     torch.manual_seed(seed)
     model = EmbeddingModel(FeatureConfig(n_mels=24), encoder, options if options is not None else {"channels": 32})
