@@ -7,8 +7,8 @@ rounding, ~1e-6 on unit embeddings) for a padded batch as if every row ran alone
   (``F.linear``) and a dilated k-tap convolution is one gather of k reflected frames per output
   frame followed by one GEMM; the gather index mirrors each row about its own last valid frame
   and is built once per (kernel, dilation), shared by all the convolutions that use it;
-- batch norm after ReLU becomes an in-place scale and shift; the last one (``asp_bn``) is folded
-  into the final linear layer;
+- batch norm after ReLU becomes one fused scale-and-shift (``addcmul``); the last one (``asp_bn``)
+  is folded into the final linear layer;
 - the attention's global context ``W [x; mean; std]`` is split into ``W_x x`` and a per-utterance
   constant, saving two thirds of that layer's multiply-adds;
 - masks and means use integer frame lengths, so no padded frame reaches a valid one.
@@ -73,7 +73,7 @@ class FoldedTdnn(nn.Module):
         if self.kernel_size > 1:
             rows = torch.arange(x.shape[0], device=x.device)[:, None, None]
             x = x[rows, taps].flatten(2)
-        return F.linear(x, self.weight, self.bias).relu_().mul_(self.scale).add_(self.shift)
+        return torch.addcmul(self.shift, F.linear(x, self.weight, self.bias).relu_(), self.scale)
 
 
 def _register_linear(module: nn.Module, name: str, conv: nn.Module | None,
@@ -184,8 +184,9 @@ class InferenceEcapa(nn.Module):
             hidden = F.linear(x, w_x).add_(context[:, None, :])
         else:
             hidden = F.linear(x, attention.weight, attention.bias)
-        hidden = hidden.relu_().mul_(attention.scale).add_(attention.shift).tanh_()
-        scores = F.linear(hidden, self.attention_conv_weight, self.attention_conv_bias).masked_fill_(~mask[..., None], float("-inf"))
+        hidden = torch.addcmul(attention.shift, hidden.relu_(), attention.scale).tanh_()
+        scores = F.linear(hidden, self.attention_conv_weight, self.attention_conv_bias)
+        scores = scores.masked_fill_(~mask[..., None], float("-inf"))
         mean, std = _weighted_statistics(x, scores.softmax(dim=1), self.eps)
         return F.linear(torch.cat([mean, std], dim=1), self.fc_weight, self.fc_bias)
 
@@ -203,7 +204,8 @@ class InferenceModel(nn.Module):
         self.embedding_dim, self.sample_rate = model.embedding_dim, model.sample_rate
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        features, frame_lengths = self.frontend(waveforms, lengths)
+        with torch.autocast(waveforms.device.type, enabled=False):  # as EmbeddingModel: features in float32
+            features, frame_lengths = self.frontend(waveforms, lengths)
         return F.normalize(self.encoder(features, frame_lengths).float(), dim=-1)
 
 
