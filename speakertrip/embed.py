@@ -75,7 +75,6 @@ def exact_padding(model: nn.Module) -> Iterator[None]:
     taken from the frontend's frame lengths). Outputs at padded frames are meaningless and are
     masked by the encoder's length-aware pooling. Not thread-safe for the duration of the context.
     """
-    from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling, SEBlock
     from speechbrain.nnet.CNN import Conv1d
 
     from speakertrip.features import LogMelFrontend
@@ -104,20 +103,8 @@ def exact_padding(model: nn.Module) -> Iterator[None]:
                         torch.gather(x, 2, source[:, None, :].expand(*channels)))
         return (padded if conv.skip_transpose else padded.transpose(1, -1),)
 
-    def round_relative_lengths(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        # (n / T) * T can exceed n in float32, letting a padded frame into SpeechBrain's masks
-        # (arange(T) < lengths * T); n - 0.5 keeps exactly the n valid frames.
-        lengths = kwargs.get("lengths", args[1] if len(args) > 1 else None)
-        if lengths is not None:
-            total = args[0].shape[-1]
-            kwargs = {**kwargs, "lengths": ((lengths * total).round() - 0.5) / total}
-            args = args[:1]
-        return args, kwargs
-
     hooks = [frontends[0].register_forward_hook(remember_lengths)]
     hooks += [conv.register_forward_pre_hook(pad_rows) for conv in convolutions]
-    hooks += [module.register_forward_pre_hook(round_relative_lengths, with_kwargs=True)
-              for module in model.modules() if isinstance(module, (SEBlock, AttentiveStatisticsPooling))]
     for conv in convolutions:
         conv.padding = "valid"
     try:

@@ -23,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, "
                         "under torchrun cuda:LOCAL_RANK)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--batch-seconds", type=float, default=160.0, help="padded audio per forward pass")
+    parser.add_argument("--batch-seconds", type=float, default=None,
+                        help="padded audio per forward pass (default: 160 s on a GPU, 10 s on CPU)")
     parser.add_argument("--max-batch-size", type=int, default=64, help="utterances per forward pass at most")
     parser.add_argument("--trim-db", type=float, default=None, help="trim leading/trailing audio this many dB "
                         "below the loudest frame (off by default)")

@@ -53,7 +53,15 @@ def build_encoder(name: str, input_size: int, options: Mapping[str, Any] | None 
 
 
 def relative_lengths(features: torch.Tensor, frame_lengths: torch.Tensor | None) -> torch.Tensor | None:
-    """SpeechBrain's length convention: valid frames as a fraction of the padded length, (B,) float32."""
+    """SpeechBrain's length convention: valid frames as a fraction of the padded length, (B,) float32.
+
+    SpeechBrain masks frames with ``arange(T) < lengths * T``; in float32 ``(n / T) * T`` can
+    exceed ``n`` and let one padded frame in, so the fraction is taken at ``n - 0.5`` frames.
+
+    >>> relative_lengths(torch.zeros(2, 4, 1), torch.tensor([4, 2]))
+    tensor([0.8750, 0.3750])
+    """
     if frame_lengths is None:
         return None
-    return frame_lengths.to(device=features.device, dtype=torch.float32) / max(features.shape[1], 1)
+    frames = frame_lengths.to(device=features.device, dtype=torch.float32)
+    return (frames - 0.5) / max(features.shape[1], 1)
