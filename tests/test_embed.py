@@ -12,14 +12,7 @@ from speakertrip.features import FeatureConfig
 from speakertrip.models import EmbeddingModel
 from speakertrip.testing import make_voxceleb_tree, speech_like, write_bad_audio
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(encoder="ecapa", options=None, seed=0):

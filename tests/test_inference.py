@@ -9,14 +9,7 @@ from speakertrip.inference import InferenceEcapa, inference_model, reflect_taps
 from speakertrip.models import EmbeddingModel
 from speakertrip.testing import speech_like
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (and stalls on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomise_batch_norms(module, seed=0):
