@@ -143,3 +143,21 @@ def test_runs_on_gpu_like_cpu(waves):
     gpu, frames = frontend.to("cuda")(waves.cuda(), LENGTHS.cuda())
     assert gpu.device.type == "cuda" and frames.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["speakertrip", "kaldi", "speechbrain"])
+def test_batches_larger_than_one_cpu_pass_equal_rows_alone(mode):
+    from speakertrip.features import CPU_ROWS_PER_PASS
+
+    generator = torch.Generator().manual_seed(3)
+    rows = 2 * CPU_ROWS_PER_PASS + 3
+    waves = torch.randn(rows, 8000, generator=generator) * 0.1
+    lengths = torch.randint(2000, 8001, (rows,), generator=generator)
+    config = {"kaldi": FeatureConfig.kaldi(), "speechbrain": FeatureConfig.speechbrain()}.get(mode, FeatureConfig())
+    frontend = LogMelFrontend(config).eval()
+    features, frame_lengths = frontend(waves, lengths)
+    for row in range(rows):
+        alone, alone_frames = frontend(waves[row:row + 1, :lengths[row]])
+        assert frame_lengths[row] == alone_frames[0]
+        torch.testing.assert_close(features[row, :alone_frames[0]], alone[0], rtol=1e-4, atol=1e-4)
+        assert not features[row, alone_frames[0]:].any()
