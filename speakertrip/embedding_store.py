@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from speakertrip.atomic import atomic_write
 from speakertrip.errors import FormatError, KeyNotFoundError
 
 KEYS_FILE, EMBEDDINGS_FILE = "keys.txt", "embeddings.npy"
@@ -152,17 +153,12 @@ def save_store(store: EmbeddingStore, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     if path.suffix == ".npz":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        with open(partial, "wb") as handle:
+        with atomic_write(path) as handle:
             np.savez(handle, keys=np.asarray(store.keys, dtype=str), embeddings=np.ascontiguousarray(store.embeddings))
-        os.replace(partial, path)
         return path
     path.mkdir(parents=True, exist_ok=True)
     for name, write in ((EMBEDDINGS_FILE, lambda handle: np.save(handle, np.ascontiguousarray(store.embeddings))),
                         (KEYS_FILE, lambda handle: handle.write("".join(f"{key}\n" for key in store.keys).encode()))):
-        partial = path / (name + ".partial")
-        with open(partial, "wb") as handle:
+        with atomic_write(path / name) as handle:
             write(handle)
-        os.replace(partial, path / name)
     return path

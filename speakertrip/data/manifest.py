@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 from tqdm import tqdm
 
 from speakertrip.audio import audio_info, load_audio
+from speakertrip.atomic import atomic_write
 from speakertrip.errors import FormatError, SpeakertripError
 
 
@@ -99,12 +100,9 @@ def read_manifest(path: str | Path) -> list[Utterance]:
 def write_manifest(utterances: Iterable[Utterance], path: str | Path) -> Path:
     """Write ``utterances`` as JSONL, atomically (a temporary file renamed into place)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
+    with atomic_write(path, "w") as handle:
         for utterance in utterances:
             handle.write(json.dumps(asdict(utterance), ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
     return path
 
 

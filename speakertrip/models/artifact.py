@@ -6,8 +6,6 @@ Loading never runs code from a file: YAML is read with ``safe_load``, weights wi
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,6 +13,7 @@ import numpy as np
 import torch
 import yaml
 
+from speakertrip.atomic import atomic_write
 from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 from speakertrip.features import FeatureConfig
 from speakertrip.models.embedding_model import ARTIFACT_FORMAT, ARTIFACT_VERSION, EmbeddingModel
@@ -35,27 +34,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _write_atomically(path: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def save_model(model: EmbeddingModel, directory: str | Path) -> Path:
     """Write the artifact of ``model`` into ``directory`` (created; files replaced atomically)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    _write_atomically(directory / WEIGHTS_FILE, lambda path: save_file(state, path, metadata={"format": "pt"}))
+    with atomic_write(directory / WEIGHTS_FILE) as handle:
+        handle.write(save(state, metadata={"format": "pt"}))
     text = yaml.safe_dump(_plain(model.config), sort_keys=False)
-    _write_atomically(directory / CONFIG_FILE, lambda path: Path(path).write_text(text))
+    with atomic_write(directory / CONFIG_FILE, "w") as handle:
+        handle.write(text)
     return directory
 
 

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from speakertrip.atomic import atomic_write
 from speakertrip.scoring.text_rows import TextRows, join_rows
 
 SCORE_LABELS = {"target": True, "nontarget": False, "1": True, "0": False}
@@ -70,8 +71,6 @@ def write_scores(path: str | os.PathLike, enroll: Sequence[str], test: Sequence[
     """Write a score file (see :func:`format_scores`) under a temporary name, then rename; returns the path."""
     text = format_scores(enroll, test, scores, labels)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
     return path

@@ -8,30 +8,20 @@ resolved ``config``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
+from speakertrip.atomic import atomic_write
 from speakertrip.errors import FormatError, SpeakertripError
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(dict(state), file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, fsync=True) as file:
+        torch.save(dict(state), file)
     return path
 
 
