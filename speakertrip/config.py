@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+import torch
 import yaml
 
 from speakertrip.augment import AugmentConfig
@@ -129,7 +131,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (the resolved config saved in the experiment folder)."""
-        return {item.name: _plain(getattr(self, item.name)) for item in dataclasses.fields(self)}
+        return {item.name: plain_data(getattr(self, item.name)) for item in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
@@ -140,13 +142,16 @@ CHOICES = {"optim.name": ("adam", "adamw", "sgd"), "schedule.kind": ("cosine", "
            "train.amp": ("auto", "bf16", "off"), "data.short_speakers": ("repeat", "drop")}
 
 
-def _plain(value: Any) -> Any:
+def plain_data(value: Any) -> Any:
+    """Dataclasses, mappings, tuples and numpy/torch scalars → the plain values ``yaml.safe_dump`` writes."""
     if dataclasses.is_dataclass(value):
-        return {item.name: _plain(getattr(value, item.name)) for item in dataclasses.fields(value)}
+        return {item.name: plain_data(getattr(value, item.name)) for item in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
+        return {str(key): plain_data(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain_data(item) for item in value]
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.item()
     return value
 
 

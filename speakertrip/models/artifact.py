@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from speakertrip.atomic import atomic_write
+from speakertrip.config import plain_data
 from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 from speakertrip.features import FeatureConfig
 from speakertrip.models.embedding_model import ARTIFACT_FORMAT, ARTIFACT_VERSION, EmbeddingModel
@@ -21,17 +22,6 @@ from speakertrip.models.embedding_model import ARTIFACT_FORMAT, ARTIFACT_VERSION
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 TORCH_WEIGHTS_FILE = "model.pt"
-
-
-def _plain(value: Any) -> Any:
-    """numpy/torch scalars and tuples → YAML-safe Python values."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.item()
-    return value
 
 
 def save_model(model: EmbeddingModel, directory: str | Path) -> Path:
@@ -43,7 +33,7 @@ def save_model(model: EmbeddingModel, directory: str | Path) -> Path:
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     with atomic_write(directory / WEIGHTS_FILE) as handle:
         handle.write(save(state, metadata={"format": "pt"}))
-    text = yaml.safe_dump(_plain(model.config), sort_keys=False)
+    text = yaml.safe_dump(plain_data(model.config), sort_keys=False)
     with atomic_write(directory / CONFIG_FILE, "w") as handle:
         handle.write(text)
     return directory
