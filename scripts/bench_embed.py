@@ -79,9 +79,9 @@ def speechbrain_encode_loop(peer, paths: list[Path], threads: int) -> np.ndarray
 
 def bench_extraction(count: int, threads: int, round_size: int) -> None:
     """Both sides (and their variants) run on the same files, round after round, so load changes hit all alike."""
-    from speakertrip.embed import embed_many
+    from speakertrip.extraction.batched import embed_many
     from speakertrip.features import FeatureConfig
-    from speakertrip.models import EmbeddingModel
+    from speakertrip.extraction import EmbeddingModel
 
     torch.manual_seed(0)
     model = EmbeddingModel(FeatureConfig.speechbrain(n_mels=80), "ecapa", {"channels": 512}).eval()
@@ -135,10 +135,10 @@ def bench_extraction(count: int, threads: int, round_size: int) -> None:
 
 
 def bench_identify(speakers: int, queries: int = 200) -> None:
-    from speakertrip.enrollment_store import EnrollmentStore
+    from speakertrip.verification.store import EnrollmentStore
     from speakertrip.features import FeatureConfig
-    from speakertrip.models import EmbeddingModel
-    from speakertrip.verify import Verifier
+    from speakertrip.extraction import EmbeddingModel
+    from speakertrip.verification.verifier import Verifier
 
     rng = np.random.default_rng(1)
     model = EmbeddingModel(FeatureConfig.speechbrain(n_mels=80), "ecapa", {"channels": 512}).eval()

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from speakertrip.features import FeatureConfig
 from speakertrip.losses import build_loss
-from speakertrip.models import EmbeddingModel
-from speakertrip.train import TrainingModule
+from speakertrip.models import EmbeddingNetwork
+from speakertrip.training.trainer import TrainingModule
 
 MODELS = {"tdnn-512": ("tdnn", {"channels": 512}), "ecapa-64": ("ecapa", {"channels": 64}),
           "ecapa-512": ("ecapa", {"channels": 512}), "ecapa-1024": ("ecapa", {"channels": 1024})}
@@ -53,7 +53,7 @@ def time_pair(first_step, second_step, steps: int, device: torch.device) -> tupl
     return losses[0], statistics.median(times[0]), losses[1], statistics.median(times[1])
 
 
-def ours(model: EmbeddingModel, batch, amp: torch.dtype | None, clip: float = 5.0):
+def ours(model: EmbeddingNetwork, batch, amp: torch.dtype | None, clip: float = 5.0):
     module = TrainingModule(model, build_loss("multi_positive", margin=0.3, hardest_negatives=4)).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     waves, lengths, labels = batch
@@ -69,7 +69,7 @@ def ours(model: EmbeddingModel, batch, amp: torch.dtype | None, clip: float = 5.
     return step
 
 
-def plain_fp32(model: EmbeddingModel, batch, clip: float = 5.0):
+def plain_fp32(model: EmbeddingNetwork, batch, clip: float = 5.0):
     """The loop written by hand on SpeechBrain's pieces; ``model`` supplies the starting weights."""
     import copy
 
@@ -160,7 +160,7 @@ def main() -> None:
     for name in names:
         encoder, options = MODELS[name]
         torch.manual_seed(0)
-        model = EmbeddingModel(FeatureConfig.speechbrain(), encoder, options).to(device)
+        model = EmbeddingNetwork(FeatureConfig.speechbrain(), encoder, options).to(device)
         parameters = sum(t.numel() for t in model.parameters()) / 1e6
         peer_step = plain_fp32(model, (waves, lengths, labels))  # copies the initial weights first
         loss_ours, seconds_ours, loss_plain, seconds_plain = time_pair(

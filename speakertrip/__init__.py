@@ -16,12 +16,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY_ATTRIBUTES = {
-    "load_model": ("speakertrip.models", "load_model"),
-    "EmbeddingModel": ("speakertrip.models", "EmbeddingModel"),
-    "Verifier": ("speakertrip.verify", "Verifier"),
+    "load_model": ("speakertrip.extraction", "load_model"),
+    "EmbeddingModel": ("speakertrip.extraction", "EmbeddingModel"),
+    "Verifier": ("speakertrip.verification", "Verifier"),
 }
-_SUBMODULES = {"audio", "features", "augment", "data", "corpora", "models", "losses", "train",
-               "embed", "scoring", "verify", "testing", "errors", "embedding_store"}
+_SUBMODULES = {"audio", "corpora", "data", "features", "models", "losses", "training", "extraction", "scoring",
+               "verification", "testing", "errors"}
 
 
 def __getattr__(name: str) -> Any:

@@ -25,7 +25,7 @@ import torch
 
 from speakertrip.audio import load_audio
 from speakertrip.data.manifest import Utterance, read_manifest, write_manifest
-from speakertrip.embedding_store import EmbeddingStore
+from speakertrip.extraction.store import EmbeddingStore
 from speakertrip.features import FeatureConfig, LogMelFrontend
 from speakertrip.scoring import Trials, compute_metrics, metrics_table, plot_det, read_trials, score_trials
 
@@ -80,8 +80,8 @@ def split_dev(train: Sequence[Utterance], dev_speakers: int, out: Path, seed: in
 
 
 def training_config(settings: DemoSettings, data: tuple[Path, Path, Path], exp_dir: Path, seed: int) -> Any:
-    """The demo's :class:`speakertrip.config.TrainConfig`: small ECAPA, multi-positive hardest-k triplet."""
-    from speakertrip.config import TrainConfig
+    """The demo's :class:`speakertrip.training.config.TrainConfig`: small ECAPA, multi-positive hardest-k triplet."""
+    from speakertrip.training.config import TrainConfig
 
     fit, dev, dev_trials = data
     return TrainConfig.from_dict({
@@ -120,7 +120,7 @@ def score_system(utterances: Sequence[Utterance], embeddings: np.ndarray, trials
 
 def verify_example(model: Any, test: Sequence[Utterance], store: Path, enroll_count: int = 3) -> list[str]:
     """Enrol two held-out speakers through the Python API; verify a genuine and an impostor utterance."""
-    from speakertrip.verify import Verifier
+    from speakertrip.verification.verifier import Verifier
 
     by_speaker: dict[str, list[Utterance]] = {}
     for u in test:
@@ -148,9 +148,9 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, w
     ``out/det.png``, ``out/speakers.db`` and ``out/results.json``.
     """
     from speakertrip.corpora.synth import prepare_synth
-    from speakertrip.models import load_model
-    from speakertrip.train import train
-    from speakertrip.training.export import build_model
+    from speakertrip.extraction import embed_many, load_model
+    from speakertrip.training.trainer import train
+    from speakertrip.training.averaging import build_model
 
     settings, out, started = (QUICK if quick else FULL), Path(out), time.perf_counter()
     say = print if progress else (lambda *_: None)
@@ -173,7 +173,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, w
     waves = [u.path for u in test]
     systems = {
         TRAINED: trained.embed_batch(waves),
-        UNTRAINED: untrained.embed_batch(waves),
+        UNTRAINED: embed_many(untrained, waves),
         BASELINE: mean_logmel_embeddings(test, settings.n_mels),
     }
 

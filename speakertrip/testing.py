@@ -138,3 +138,27 @@ def make_rir_tree(root: str | Path, rooms: int = 2, sample_rate: int = 16000, se
     sf.write(real / "RVB2014_type1_noise_largeroom1_1.wav", rng.standard_normal(sample_rate).astype(np.float32) * 0.1,
              sample_rate, subtype="FLOAT")
     return root
+
+
+def tiny_model_artifact(directory: str | Path | None = None, encoder: str = "ecapa", threshold: float | None = 0.5,
+                        seed: int = 0) -> Path:
+    """Write an untrained small model artifact (32 channels, 24 mels) for examples and tests; returns its folder.
+
+    ``threshold`` is recorded as the dev EER threshold (None records none). ``directory`` defaults
+    to a new temporary folder.
+
+    >>> import speakertrip as st
+    >>> st.load_model(tiny_model_artifact()).encoder_name
+    'ecapa'
+    """
+    import tempfile
+
+    import torch
+
+    from speakertrip.features import FeatureConfig
+    from speakertrip.models import EmbeddingNetwork
+
+    torch.manual_seed(seed)
+    evaluation = {} if threshold is None else {"eer_threshold": float(threshold)}
+    network = EmbeddingNetwork(FeatureConfig(n_mels=24), encoder, {"channels": 32}, evaluation)
+    return network.save(Path(directory) if directory is not None else Path(tempfile.mkdtemp()) / "model")

@@ -4,7 +4,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional
 
-from speakertrip.augment import AugmentConfig, Augmenter, add_noise, find_rirs
+from speakertrip.audio.augment import AugmentConfig, Augmenter, add_noise, find_rirs
 from speakertrip.errors import ConfigError
 from speakertrip.testing import make_musan_tree, make_rir_tree, speech_like
 

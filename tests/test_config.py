@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from speakertrip.config import ScheduleConfig, TrainConfig, load_config, parse_overrides, save_config
+from speakertrip.training.config import ScheduleConfig, TrainConfig, load_config, parse_overrides, save_config
 from speakertrip.errors import ConfigError, FormatError
 from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint, save_checkpoint
 from speakertrip.training.metrics_log import MetricsLog

@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from speakertrip.losses import build_loss
-from speakertrip.losses.distributed import gather_batch
+from speakertrip.training.distributed import gather_batch
 
 SIZES = [5, 7]  # unequal local batches exercise the padded gather
 LOSSES = {

@@ -1,4 +1,3 @@
-import librosa
 import numpy as np
 import pytest
 import soundfile as sf
@@ -6,10 +5,11 @@ import torch
 
 from speakertrip.audio import load_audio, prepare_waveform
 from speakertrip.data.manifest import Utterance
-from speakertrip.embed import embed_many, embed_one, split_chunks, trim_silence
+from speakertrip.audio import trim_silence
+from speakertrip.extraction.batched import embed_many, embed_one, split_chunks
 from speakertrip.errors import AudioError, ConfigError
 from speakertrip.features import FeatureConfig
-from speakertrip.models import EmbeddingModel
+from speakertrip.extraction import EmbeddingModel
 from speakertrip.testing import make_voxceleb_tree, speech_like, write_bad_audio
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -80,17 +80,6 @@ def test_resamples_other_rates(model, tree):
     wave8k = load_audio(tree[1], 8000)
     np.testing.assert_allclose(model.embed(wave8k, sample_rate=8000),
                                reference(model, prepare_waveform(wave8k, 8000, 16000)), atol=1e-6)
-
-
-def test_trim_silence_matches_librosa():
-    rng = np.random.default_rng(2)
-    signal = np.concatenate([1e-4 * rng.standard_normal(5000), speech_like(3, 0.7), 1e-4 * rng.standard_normal(7000)])
-    for top_db in (20.0, 40.0, 60.0):
-        _, (start, end) = librosa.effects.trim(signal.astype(np.float32), top_db=top_db, frame_length=400,
-                                               hop_length=160)
-        trimmed = trim_silence(signal.astype(np.float32), 16000, top_db=top_db)
-        assert (len(trimmed), trimmed[0]) == (end - start, np.float32(signal[start]))
-    assert trim_silence(np.full(1000, 0.1, np.float32), 16000).size == 1000  # uniform loudness: nothing cut
 
 
 def test_trimming_inside_extraction(model):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from speakertrip.embedding_store import EmbeddingStore, load_store, save_store
+from speakertrip.extraction.store import EmbeddingStore, load_store, save_store
 from speakertrip.errors import FormatError, KeyNotFoundError
 
 

@@ -4,7 +4,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from speakertrip.enrollment_store import EnrollmentStore, ModelMismatchError
+from speakertrip.verification.store import EnrollmentStore, ModelMismatchError
 from speakertrip.errors import ConfigError, FormatError, KeyNotFoundError
 
 DIM = 8
@@ -136,7 +136,7 @@ def test_error_inside_a_transaction_rolls_back(tmp_path, monkeypatch):
     with open_store(tmp_path / "s.db") as store:
         store.add("alice", unit(2), ["a1", "a2"])
         before = snapshot(tmp_path / "s.db")
-        monkeypatch.setattr("speakertrip.enrollment_store._centroid", lambda e: 1 / 0)
+        monkeypatch.setattr("speakertrip.verification.store._centroid", lambda e: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             store.add("alice", unit(1), ["a3"], replace=True)
         with pytest.raises(ZeroDivisionError):

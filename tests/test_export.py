@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from speakertrip.cli import main
-from speakertrip.export import ExportableFrontend, export_onnx, export_torchscript
+from speakertrip.extraction.export import ExportableFrontend, export_onnx, export_torchscript
 from speakertrip.features import FeatureConfig, LogMelFrontend
-from speakertrip.models import EmbeddingModel
+from speakertrip.extraction import EmbeddingModel
 
 LENGTHS = (4000, 16000, 37119)
 

@@ -11,7 +11,8 @@ import yaml
 
 from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 from speakertrip.features import FeatureConfig
-from speakertrip.models import (ENCODERS, EmbeddingModel, build_encoder, load_model, load_speechbrain_checkpoint)
+from speakertrip.extraction import EmbeddingModel, load_model, load_speechbrain_checkpoint
+from speakertrip.models import ENCODERS, build_encoder
 from speakertrip.models.tdnn import MaskedStatisticsPooling
 
 SMALL = {"ecapa": {"channels": 32, "embedding_dim": 24, "attention_channels": 16, "se_channels": 16},

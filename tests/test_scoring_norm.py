@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from speakertrip import scoring
-from speakertrip.embedding_store import EmbeddingStore
+from speakertrip.extraction.store import EmbeddingStore
 from speakertrip.errors import ConfigError, FormatError, KeyNotFoundError
 from speakertrip.scoring.cosine import _cosine_scores_torch
 from speakertrip.scoring.norm import _cohort_stats_torch

@@ -152,15 +152,6 @@ def test_trial_lines_match_a_brute_force_enumeration():
     assert all(a.split("/")[0] != b.split("/")[0] for a, b in nontargets)
 
 
-def test_trim_silence_keeps_the_loud_part_and_a_pad():
-    rate = 16000
-    tone = np.sin(2 * np.pi * 200 * np.arange(rate) / rate)
-    padded = np.concatenate([np.zeros(rate), tone, 1e-4 * np.ones(2 * rate)])
-    trimmed = synth.trim_silence(padded, rate, pad=0.1)
-    assert abs(len(trimmed) - 1.2 * rate) <= rate // 100
-    assert np.allclose(synth.trim_silence(np.zeros(rate), rate), 0)
-
-
 def test_room_response_decay_and_channel_snr():
     channel = synth.Channel("s", level_db=-6.0, snr_db=15.0, noise_colour=1.0, rt60=0.3, reverb_db=-10.0,
                             low_hz=100.0, high_hz=6000.0)

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import speakertrip as st
-from speakertrip.enrollment_store import ModelMismatchError
+from speakertrip.verification.store import ModelMismatchError
 from speakertrip.errors import AudioError, ConfigError, FormatError, KeyNotFoundError
 from speakertrip.features import FeatureConfig
-from speakertrip.models import EmbeddingModel, load_model
+from speakertrip.extraction import EmbeddingModel, load_model
 from speakertrip.testing import make_voxceleb_tree, write_bad_audio
-from speakertrip.verify import Verifier
+from speakertrip.verification.verifier import Verifier
 
 
 def tiny_model(seed=0, threshold=0.5):

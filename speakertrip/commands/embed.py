@@ -1,9 +1,5 @@
-"""`speakertrip embed --model M --data DIR_OR_MANIFEST --out EMB.npz`: an embedding store for a corpus.
-
-A directory is scanned for audio (keys: paths relative to it, as VoxCeleb trial lists write
-them); a manifest (``.jsonl``) gives ``utt_id`` keys. Under ``torchrun`` each rank embeds every
-WORLD_SIZE-th utterance, writes ``<out>.rank<R>.npz`` and rank 0 merges them into ``--out``.
-"""
+"""`speakertrip embed --model M --data DIR_OR_MANIFEST --out EMB.npz`: an embedding store for a corpus
+(:func:`speakertrip.extraction.embed_corpus`; sharded across ranks under ``torchrun``)."""
 
 from __future__ import annotations
 
@@ -11,8 +7,6 @@ import argparse
 import os
 import time
 from pathlib import Path
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,73 +28,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def find_items(data: Path) -> tuple[list[str], list]:
-    """Keys and items (paths or manifest utterances) of a folder or manifest, in a stable order."""
-    from speakertrip.data.manifest import read_manifest
-    from speakertrip.errors import SpeakertripError
-
-    if data.is_dir():
-        paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-        if not paths:
-            raise SpeakertripError(f"{data}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found in this folder")
-        return [p.relative_to(data).as_posix() for p in paths], paths
-    if not data.is_file():
-        raise SpeakertripError(f"{data}: no such folder or manifest")
-    utterances = read_manifest(data)
-    if not utterances:
-        raise SpeakertripError(f"{data}: the manifest lists no utterances")
-    return [u.utt_id for u in utterances], utterances
-
-
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
-    from speakertrip.embed import embed_many
-    from speakertrip.embedding_store import EmbeddingStore, load_store, save_store
-    from speakertrip.models import load_model
+    from speakertrip.extraction import embed_corpus, load_model
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
-    keys, items = find_items(args.data)
-    mine = list(range(rank, len(keys), world))
     model = load_model(args.model, device=device)
     started = time.perf_counter()
-    embeddings = embed_many(model, [items[i] for i in mine], batch_seconds=args.batch_seconds,
-                            max_batch_size=args.max_batch_size, num_threads=args.threads, trim_db=args.trim_db,
-                            chunk_seconds=args.chunk_seconds, loader_threads=args.workers, progress=rank == 0)
+    total, count, audio = embed_corpus(model, args.data, args.out, batch_seconds=args.batch_seconds,
+                                max_batch_size=args.max_batch_size, num_threads=args.threads, trim_db=args.trim_db,
+                                chunk_seconds=args.chunk_seconds, loader_threads=args.workers, progress=rank == 0)
     elapsed = time.perf_counter() - started
-    if world > 1:
-        import torch.distributed as dist
-
-        shard = save_store(EmbeddingStore([keys[i] for i in mine], embeddings), shard_path(args.out, rank))
-        dist.init_process_group("gloo")
-        dist.barrier()
-        if rank == 0:
-            shards = [load_store(shard_path(args.out, r)) for r in range(world)]
-            merged = np.empty((len(keys), model.embedding_dim), np.float32)
-            for r, part in enumerate(shards):
-                merged[r::world] = part.embeddings
-            save_store(EmbeddingStore(keys, merged), args.out)
-        dist.barrier()
-        shard.unlink()
-        dist.destroy_process_group()
-    else:
-        save_store(EmbeddingStore(keys, embeddings), args.out)
     if rank == 0:
-        audio = sum(_duration(item) for item in (items[i] for i in mine))
-        share = f" (rank 0 of {world}: {len(mine)} utterances)" if world > 1 else ""
+        share = f" (rank 0 of {world}: {count} utterances)" if world > 1 else ""
         print(f"{'utterances':<12} {'dim':>5} {'audio (s)':>10} {'wall (s)':>9} {'RTF':>8}  store")
-        print(f"{len(keys):<12} {model.embedding_dim:>5} {audio:>10.1f} {elapsed:>9.1f} "
+        print(f"{total:<12} {model.embedding_dim:>5} {audio:>10.1f} {elapsed:>9.1f} "
               f"{elapsed / max(audio, 1e-9):>8.4f}  {args.out}{share}")
     return 0
-
-
-def shard_path(out: Path, rank: int) -> Path:
-    return out.with_name(f"{out.stem}.rank{rank}.npz")
-
-
-def _duration(item: object) -> float:
-    from speakertrip.audio import audio_info
-
-    return item.duration if hasattr(item, "duration") else audio_info(item).duration

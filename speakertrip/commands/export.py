@@ -13,15 +13,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
     parser.add_argument("--onnx", type=Path, help="write an ONNX model here (input 'waveform' (1, samples))")
     parser.add_argument("--torchscript", type=Path, help="write a traced TorchScript module here")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: speakertrip.export.ONNX_OPSET)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: speakertrip.extraction.export.ONNX_OPSET)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.onnx is None and args.torchscript is None:
         raise ConfigError("nothing to do: give --onnx PATH and/or --torchscript PATH")
-    from speakertrip.export import ONNX_OPSET, export_onnx, export_torchscript
-    from speakertrip.models import load_model
+    from speakertrip.extraction.export import ONNX_OPSET, export_onnx, export_torchscript
+    from speakertrip.extraction import load_model
 
     model = load_model(args.model)
     written = []

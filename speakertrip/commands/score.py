@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from speakertrip.embedding_store import load_store
+    from speakertrip.extraction.store import load_store
     from speakertrip.errors import ConfigError, FormatError
     from speakertrip.scoring import (Calibration, cosine_scores, find_missing, format_scores, load_cohort,
                                      normalize_trial_scores, read_trials, trial_embeddings, write_scores)

@@ -24,8 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from speakertrip.config import load_config
-    from speakertrip.train import train
+    from speakertrip.training.config import load_config
+    from speakertrip.training.trainer import train
 
     overrides = [item for item in args.overrides if item != "--resume"]
     resume = args.resume or len(overrides) != len(args.overrides)

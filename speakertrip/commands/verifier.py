@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _verifier(args: argparse.Namespace):
-    from speakertrip.models import load_model
-    from speakertrip.verify import Verifier
+    from speakertrip.extraction import load_model
+    from speakertrip.verification.verifier import Verifier
 
     return Verifier(load_model(args.model, device=args.device), store=args.store, threshold=args.threshold,
                     norm=args.norm)
@@ -99,7 +99,7 @@ def run_identify(args: argparse.Namespace) -> int:
 
 
 def run_speakers(args: argparse.Namespace) -> int:
-    from speakertrip.enrollment_store import EnrollmentStore
+    from speakertrip.verification.store import EnrollmentStore
 
     with EnrollmentStore(args.store, create=False) as store:
         speakers = store.speakers()

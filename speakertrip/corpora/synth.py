@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from speakertrip.audio.trim import trim_silence
 from speakertrip.corpora.espeak import engine
 from speakertrip.errors import ConfigError
 
@@ -124,18 +125,6 @@ def random_sentence(rng: np.random.Generator, words: int) -> str:
     return " ".join(tokens) + "."
 
 
-def trim_silence(speech: np.ndarray, sample_rate: int, floor_db: float = -40.0, pad: float = 0.1) -> np.ndarray:
-    """Cut leading and trailing stretches quieter than ``floor_db`` below the loudest 10 ms, keeping ``pad`` s."""
-    hop = sample_rate // 100
-    frames = speech[: len(speech) // hop * hop].reshape(-1, hop)
-    energy = (frames.astype(np.float64) ** 2).mean(axis=1)
-    loud = np.flatnonzero(energy > energy.max() * 10 ** (floor_db / 10)) if len(energy) and energy.max() > 0 else []
-    if len(loud) == 0:
-        return speech
-    keep = int(pad * sample_rate)
-    return speech[max(0, loud[0] * hop - keep): (loud[-1] + 1) * hop + keep]
-
-
 def room_response(channel: Channel, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """A direct impulse plus exponentially decaying noise (−60 dB at ``rt60``); float64 (L,)."""
     t = np.arange(int(channel.rt60 * sample_rate)) / sample_rate
@@ -185,7 +174,7 @@ def _speak(voice: SpeakerVoice, rng: np.random.Generator, duration: tuple[float,
     source_rate = int(round(tts.sample_rate * voice.tract / 50)) * 50  # play faster or slower: formants move
     common = np.gcd(source_rate, SAMPLE_RATE)
     speech = signal.resample_poly(samples / 32768.0, SAMPLE_RATE // common, source_rate // common)
-    speech = trim_silence(speech, SAMPLE_RATE)
+    speech = trim_silence(speech, SAMPLE_RATE, frame_seconds=0.01, pad_seconds=0.1, centered=False)
     longest = int(duration[1] * SAMPLE_RATE)
     if len(speech) > longest:
         speech = speech[:longest] * np.minimum(1.0, np.arange(longest, 0, -1) / (0.02 * SAMPLE_RATE))

@@ -12,7 +12,6 @@ from __future__ import annotations
 from speakertrip.losses.base import LOSSES, REDUCTIONS, build_loss, loss_needs_classes
 from speakertrip.losses.combined import CombinedLoss
 from speakertrip.losses.distances import DISTANCES, pairwise_distances
-from speakertrip.losses.distributed import gather_batch
 from speakertrip.losses.margin_softmax import AAMSoftmax
 from speakertrip.losses.miners import (MINERS, AnchorSetMiner, BatchAllMiner, BatchHardMiner,
                                        DistanceWeightedMiner, HardestKMiner, Miner,
@@ -25,5 +24,5 @@ __all__ = [
     "AAMSoftmax", "AnchorSetMiner", "AnchorSets", "BatchAllMiner", "BatchHardMiner", "CombinedLoss",
     "DISTANCES", "DistanceWeightedMiner", "HardestKMiner", "LOSSES", "MINERS", "Miner",
     "MultiPositiveTripletLoss", "REDUCTIONS", "RandomNegativeMiner", "SemiHardMiner", "TripletLoss",
-    "Triplets", "build_loss", "build_miner", "gather_batch", "loss_needs_classes", "pairwise_distances",
+    "Triplets", "build_loss", "build_miner", "loss_needs_classes", "pairwise_distances",
 ]

@@ -1,4 +1,4 @@
-"""Encoders and the embedding model: a registry of encoders, `EmbeddingModel`, artifacts.
+"""Encoders and the embedding network: a registry of encoders, `EmbeddingNetwork`, artifacts.
 
 >>> from speakertrip.models import ENCODERS
 >>> ENCODERS.names()
@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 from speakertrip.models import ecapa, tdnn  # noqa: F401 - registers the encoders
-from speakertrip.models.artifact import load_model, load_speechbrain_checkpoint, model_from_config, save_model
-from speakertrip.models.embedding_model import EmbeddingModel
+from speakertrip.models.artifact import (initialise, load_network, load_speechbrain_checkpoint, model_from_config,
+                                         save_model)
+from speakertrip.models.embedding_model import EmbeddingNetwork
 from speakertrip.models.encoder import ENCODERS, build_encoder
 
-__all__ = ["ENCODERS", "EmbeddingModel", "build_encoder", "load_model", "load_speechbrain_checkpoint",
-           "model_from_config", "save_model"]
+__all__ = ["ENCODERS", "EmbeddingNetwork", "build_encoder", "initialise", "load_network",
+           "load_speechbrain_checkpoint", "model_from_config", "save_model"]

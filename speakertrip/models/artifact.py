@@ -7,23 +7,24 @@ Loading never runs code from a file: YAML is read with ``safe_load``, weights wi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 import torch
 import yaml
 
 from speakertrip.atomic import atomic_write
-from speakertrip.config import plain_data
 from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 from speakertrip.features import FeatureConfig
-from speakertrip.models.embedding_model import ARTIFACT_FORMAT, ARTIFACT_VERSION, EmbeddingModel
+from speakertrip.models.embedding_model import ARTIFACT_FORMAT, ARTIFACT_VERSION, EmbeddingNetwork
+from speakertrip.plain_yaml import write_yaml
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 TORCH_WEIGHTS_FILE = "model.pt"
+Network = TypeVar("Network", bound=EmbeddingNetwork)
 
 
-def save_model(model: EmbeddingModel, directory: str | Path) -> Path:
+def save_model(model: EmbeddingNetwork, directory: str | Path) -> Path:
     """Write the artifact of ``model`` into ``directory`` (created; files replaced atomically)."""
     from safetensors.torch import save
 
@@ -32,14 +33,16 @@ def save_model(model: EmbeddingModel, directory: str | Path) -> Path:
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     with atomic_write(directory / WEIGHTS_FILE) as handle:
         handle.write(save(state, metadata={"format": "pt"}))
-    text = yaml.safe_dump(plain_data(model.config), sort_keys=False)
-    with atomic_write(directory / CONFIG_FILE, "w") as handle:
-        handle.write(text)
+    write_yaml(model.config, directory / CONFIG_FILE)
     return directory
 
 
-def model_from_config(config: Any, source: str | Path = "config") -> EmbeddingModel:
-    """Build an untrained :class:`EmbeddingModel` from an artifact config (errors name ``source``)."""
+def model_from_config(config: Any, source: str | Path = "config",
+                      network_class: type[Network] = EmbeddingNetwork) -> Network:
+    """Build an untrained ``network_class`` (an :class:`EmbeddingNetwork`) from an artifact config.
+
+    Errors name ``source``.
+    """
     if not isinstance(config, Mapping) or config.get("format") != ARTIFACT_FORMAT:
         raise FormatError(f"not a speakertrip model config (expected 'format: {ARTIFACT_FORMAT}')", source)
     if config.get("version") != ARTIFACT_VERSION:
@@ -52,8 +55,8 @@ def model_from_config(config: Any, source: str | Path = "config") -> EmbeddingMo
     if not isinstance(encoder.get("name"), str):
         raise FormatError("key 'encoder.name' is missing or not a string", source)
     try:
-        return EmbeddingModel(FeatureConfig.from_dict(config["features"]), encoder["name"],
-                              encoder.get("options") or {}, config.get("evaluation") or {})
+        return network_class(FeatureConfig.from_dict(config["features"]), encoder["name"],
+                             encoder.get("options") or {}, config.get("evaluation") or {})
     except ConfigError as error:
         raise FormatError(str(error), source) from None
 
@@ -92,23 +95,22 @@ def load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], sourc
     module.load_state_dict(state)
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> EmbeddingModel:
-    """Read an artifact written by :meth:`EmbeddingModel.save`; returns the model in eval mode.
+def load_network(directory: str | Path, device: str | torch.device = "cpu",
+                 network_class: type[Network] = EmbeddingNetwork) -> Network:
+    """Read an artifact written by :meth:`EmbeddingNetwork.save`; returns the network in eval mode.
 
-    >>> model = load_model("exp/ecapa_triplet/model")  # doctest: +SKIP
-    >>> model.embed("a.wav").shape  # doctest: +SKIP
-    (192,)
+    ``st.load_model`` (:func:`speakertrip.extraction.load_model`) is this with the class that embeds files.
     """
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise SpeakertripError(f"{directory}: no model artifact here (expected {CONFIG_FILE} and {WEIGHTS_FILE}, "
-                               "as written by `speakertrip train` or EmbeddingModel.save)")
+                               "as written by `speakertrip train` or EmbeddingNetwork.save)")
     try:
         config = yaml.safe_load(config_path.read_text())
     except yaml.YAMLError as error:
         raise FormatError(f"invalid YAML: {error}", config_path) from None
-    model = model_from_config(config, config_path)
+    model = model_from_config(config, config_path, network_class)
     weights = next((directory / name for name in (WEIGHTS_FILE, TORCH_WEIGHTS_FILE) if (directory / name).is_file()),
                    None)
     if weights is None:
@@ -138,8 +140,9 @@ def _speechbrain_encoder(state: Mapping[str, torch.Tensor], source: Path) -> tup
 
 
 def load_speechbrain_checkpoint(path: str | Path, feature_config: FeatureConfig | None = None,
-                                device: str | torch.device = "cpu") -> EmbeddingModel:
-    """An :class:`EmbeddingModel` holding a SpeechBrain ``embedding_model.ckpt`` (ECAPA_TDNN or Xvector).
+                                device: str | torch.device = "cpu",
+                                network_class: type[Network] = EmbeddingNetwork) -> Network:
+    """An :class:`EmbeddingNetwork` (or ``network_class``) holding a SpeechBrain ``embedding_model.ckpt`` (ECAPA_TDNN or Xvector).
 
     The encoder's size is read from the tensor shapes (spkrec-ecapa-voxceleb: ECAPA C=1024,
     80 mels, 192-d). Features default to ``FeatureConfig.speechbrain(n_mels=...)``, what
@@ -158,6 +161,18 @@ def load_speechbrain_checkpoint(path: str | Path, feature_config: FeatureConfig 
     if feature_config.n_mels != n_mels:
         raise ConfigError(f"{path}: the checkpoint expects {n_mels} mel bins, the feature config has "
                           f"{feature_config.n_mels}")
-    model = EmbeddingModel(feature_config, name, options)
+    model = network_class(feature_config, name, options)
     load_state(model.encoder, state, path)
     return model.to(device)
+
+
+def initialise(model: EmbeddingNetwork, source: str | Path) -> None:
+    """Load ``model.init_from``: a speakertrip model directory (all weights) or a SpeechBrain
+    ``embedding_model.ckpt`` (encoder weights)."""
+    source = Path(source)
+    if source.is_dir():
+        load_state(model, load_network(source).state_dict(), source)
+    elif source.is_file():
+        load_state(model.encoder, read_weights(source), source)
+    else:
+        raise ConfigError(f"model.init_from: {source} is neither a model directory nor a checkpoint file")

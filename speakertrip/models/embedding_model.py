@@ -1,13 +1,16 @@
-"""`EmbeddingModel`: the log-mel frontend, an encoder and L2 normalisation, with its config."""
+"""`EmbeddingNetwork`: the log-mel frontend, an encoder and L2 normalisation, with its config.
+
+What training builds and a model artifact holds; :class:`speakertrip.extraction.EmbeddingModel`
+(what ``st.load_model`` returns) adds ``embed`` and ``embed_batch`` on top.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +22,7 @@ ARTIFACT_FORMAT = "speakertrip-model"
 ARTIFACT_VERSION = 1
 
 
-class EmbeddingModel(nn.Module):
+class EmbeddingNetwork(nn.Module):
     """Waveforms → L2-normalised speaker embeddings.
 
     Parameters
@@ -30,7 +33,7 @@ class EmbeddingModel(nn.Module):
     evaluation : dev-set results recorded by the trainer (``eer``, ``eer_threshold``,
         ``min_dcf_0.01``, ``min_dcf_0.01_threshold``, ...); saved in the artifact's config
 
-    >>> model = EmbeddingModel(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()
+    >>> model = EmbeddingNetwork(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()
     >>> model(torch.randn(2, 16000), torch.tensor([16000, 12000])).shape
     torch.Size([2, 192])
     """
@@ -91,18 +94,6 @@ class EmbeddingModel(nn.Module):
             features, frame_lengths = self.frontend(waveforms, lengths)
         return F.normalize(self.encoder(features, frame_lengths).float(), dim=-1)
 
-    def embed(self, x: Any, sample_rate: int | None = None) -> np.ndarray:
-        """One utterance (path, array or tensor) → (D,) float32 embedding; see :mod:`speakertrip.embed`."""
-        from speakertrip import embed
-
-        return embed.embed_one(self, x, sample_rate)
-
-    def embed_batch(self, items: Sequence[Any], **options: Any) -> np.ndarray:
-        """Many utterances → (N, D) float32 embeddings, bucketed by length; see :mod:`speakertrip.embed`."""
-        from speakertrip import embed
-
-        return embed.embed_many(self, items, **options)
-
     @property
     def identity(self) -> str:
         """A hex digest of the config (evaluation aside) and every weight: equal iff embeddings are equal.
@@ -111,7 +102,7 @@ class EmbeddingModel(nn.Module):
         a weight changes (in place or replaced).
         """
         state = self.state_dict()
-        stamp = tuple((key, value.data_ptr(), value._version) for key, value in state.items())
+        stamp = weights_stamp(state)
         if self._identity is None or self._identity[0] != stamp:
             self._identity = (stamp, _digest(self.config, state))
         return self._identity[1]
@@ -121,6 +112,11 @@ class EmbeddingModel(nn.Module):
         from speakertrip.models.artifact import save_model
 
         return save_model(self, directory)
+
+
+def weights_stamp(state: Mapping[str, torch.Tensor]) -> tuple:
+    """Changes whenever a tensor of ``state`` is written in place, replaced or moved to another device."""
+    return tuple((key, value.data_ptr(), value._version, value.device) for key, value in state.items())
 
 
 def _digest(config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> str:

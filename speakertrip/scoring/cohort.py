@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from speakertrip.embedding_store import EmbeddingStore, load_store
+from speakertrip.extraction.store import EmbeddingStore, load_store
 from speakertrip.errors import FormatError
 from speakertrip.scoring.cosine import l2_normalize
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from speakertrip.embedding_store import EmbeddingStore, describe_missing
+from speakertrip.extraction.store import EmbeddingStore, describe_missing
 from speakertrip.errors import FormatError, KeyNotFoundError
 from speakertrip.scoring.trials import Trials
 

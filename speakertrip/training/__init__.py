@@ -1,1 +1,1 @@
-"""Pieces of the training loop in :mod:`speakertrip.train`: schedules, checkpoints, logs, validation, DDP."""
+"""Pieces of the training loop in :mod:`speakertrip.training.trainer`: schedules, checkpoints, logs, validation, DDP."""

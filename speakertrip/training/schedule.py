@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from speakertrip.config import OptimConfig, ScheduleConfig
+from speakertrip.training.config import OptimConfig, ScheduleConfig
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:

@@ -22,8 +22,8 @@ def validate(model: torch.nn.Module, utterances: Sequence[Utterance], trials_pat
     ``min_dcf_0.01``, ``min_dcf_0.01_threshold``, ``min_dcf_0.05``, ``min_dcf_0.05_threshold``
     (rates as fractions, thresholds on cosine scores) and ``trials``.
     """
-    from speakertrip.embed import embed_many
-    from speakertrip.embedding_store import EmbeddingStore
+    from speakertrip.extraction.batched import embed_many
+    from speakertrip.extraction.store import EmbeddingStore
     from speakertrip.scoring import compute_metrics, read_trials, score_trials
 
     trials = read_trials(trials_path)

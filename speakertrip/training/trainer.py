@@ -7,7 +7,7 @@ RNG states; the learning rate is a function of the step). The experiment folder 
 resolved ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (``last.pt``, ``best.pt``,
 snapshots for averaging), ``curves.png`` and ``model/`` (the averaged, validated artifact).
 
->>> from speakertrip.config import load_config
+>>> from speakertrip.training.config import load_config
 >>> config = load_config("recipes/voxceleb/conf/ecapa_triplet.yaml", ["--train.epochs=1"])  # doctest: +SKIP
 >>> train(config)                                                                           # doctest: +SKIP
 PosixPath('exp/ecapa_triplet')
@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from speakertrip.config import TrainConfig, save_config
+from speakertrip.training.config import TrainConfig, save_config
 from speakertrip.errors import ConfigError
 from speakertrip.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from speakertrip.training.distributed import Distributed, cleanup_distributed, setup_distributed
-from speakertrip.training.export import build_model, export_model, list_snapshots, snapshot_path
+from speakertrip.training.distributed import Distributed, cleanup_distributed, gather_batch, setup_distributed
+from speakertrip.training.averaging import build_model, export_model, list_snapshots, snapshot_path
 from speakertrip.training.metrics_log import MetricsLog, plot_curves
 from speakertrip.training.schedule import build_optimizer, learning_rate, set_learning_rate, warmup_steps
 
@@ -48,8 +48,6 @@ class TrainingModule(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
                 amp_dtype: torch.dtype | None) -> torch.Tensor:
         """waveforms (B, T) float32, lengths (B,), labels (B,) → the scalar loss (float32)."""
-        from speakertrip.losses import gather_batch
-
         device_type = waveforms.device.type
         with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             embeddings = self.model(waveforms, lengths)
@@ -89,7 +87,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, distributed: Distributed, device: torch.device, resume: bool = False):
         from torch.utils.data import DataLoader
 
-        from speakertrip.augment import Augmenter
+        from speakertrip.audio.augment import Augmenter
         from speakertrip.data.datasets import CropDataset, collate_crops
         from speakertrip.data.manifest import read_manifest
         from speakertrip.data.sampler import PKSampler
@@ -129,6 +127,8 @@ class Trainer:
 
         self.model = build_model(config)
         if config.model.init_from and not resume:
+            from speakertrip.models.artifact import initialise
+
             initialise(self.model, config.model.init_from)
         criterion = build_loss(config.loss.kind, embedding_dim=self.model.embedding_dim, num_classes=num_classes,
                                **config.loss.options)
@@ -335,19 +335,6 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
         return [key for name in sorted(set(old) | set(new))
                 for key in _differences(old.get(name), new.get(name), f"{prefix}{name}.")]
     return [prefix.rstrip(".")] if old != new else []
-
-
-def initialise(model: nn.Module, source: str | Path) -> None:
-    """Start from a speakertrip model directory or a SpeechBrain ``embedding_model.ckpt`` (encoder weights)."""
-    from speakertrip.models.artifact import load_model, load_state, read_weights
-
-    source = Path(source)
-    if source.is_dir():
-        load_state(model, load_model(source).state_dict(), source)
-    elif source.is_file():
-        load_state(model.encoder, read_weights(source), source)
-    else:
-        raise ConfigError(f"model.init_from: {source} is neither a model directory nor a checkpoint file")
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:

@@ -8,9 +8,9 @@ from typing import Sequence
 
 import torch
 
-from speakertrip.config import TrainConfig
+from speakertrip.training.config import TrainConfig
 from speakertrip.errors import SpeakertripError
-from speakertrip.models import EmbeddingModel
+from speakertrip.models import EmbeddingNetwork
 from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint
 
 SNAPSHOT_PATTERN = re.compile(r"snapshot_(\d+)\.pt$")
@@ -27,11 +27,11 @@ def list_snapshots(directory: str | Path) -> list[Path]:
     return sorted(found, key=lambda path: int(SNAPSHOT_PATTERN.search(path.name).group(1)))
 
 
-def build_model(config: TrainConfig) -> EmbeddingModel:
-    return EmbeddingModel(config.features, config.model.encoder, config.model.options)
+def build_model(config: TrainConfig) -> EmbeddingNetwork:
+    return EmbeddingNetwork(config.features, config.model.encoder, config.model.options)
 
 
-def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple[EmbeddingModel, list[int]]:
+def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple[EmbeddingNetwork, list[int]]:
     """The model whose weights are the mean of the snapshots (or checkpoints) at ``paths``; and their steps."""
     if not paths:
         raise SpeakertripError("no snapshots to average: train for at least one epoch, or give --checkpoints")

@@ -3,7 +3,7 @@
 A file gives the same embedding alone or inside a batch (to ~1e-6): the frontend keeps padding
 out of its statistics, the encoder's pooling gets the valid lengths, and every "same"-padded
 convolution reflects at each row's own end instead of seeing its neighbours' padding. An ECAPA
-encoder runs through its frozen inference copy (:mod:`speakertrip.inference`: batch norm folded,
+encoder runs through its frozen inference copy (:mod:`speakertrip.models.inference_ecapa`: batch norm folded,
 per-row reflection by index, ~1.2-1.5x fewer CPU cycles), on a CPU one batch per thread at a
 time; other encoders run as they are inside :func:`exact_padding`. Long files can be cut into
 equal chunks whose embeddings are averaged; leading and trailing silence can be trimmed by
@@ -23,7 +23,7 @@ import contextlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -31,31 +31,15 @@ from torch import nn
 from tqdm import tqdm
 
 from speakertrip.audio import audio_info, load_audio, prepare_waveform
+from speakertrip.audio.trim import trim_silence
 from speakertrip.data.datasets import bucket_batches
 from speakertrip.data.manifest import Utterance
 from speakertrip.errors import AudioError, ConfigError
-from speakertrip.inference import inference_model
+from speakertrip.models.inference_ecapa import inference_model
+from speakertrip.models.padding import exact_padding
 
 Item = Union[str, Path, Utterance, np.ndarray, torch.Tensor]
 MIN_SECONDS = 0.1  # shorter audio gives too few frames for the encoders' convolutions
-
-
-def trim_silence(signal: np.ndarray, sample_rate: int, top_db: float = 40.0, frame_seconds: float = 0.025,
-                 hop_seconds: float = 0.010) -> np.ndarray:
-    """Cut leading and trailing frames quieter than ``top_db`` below the loudest frame (no VAD model).
-
-    Frames are centred every ``hop_seconds`` (as ``librosa.effects.trim``, with whose output this
-    agrees for the same frame and hop lengths); signal (T,) → (T',) with T' <= T.
-    """
-    frame, hop = int(round(frame_seconds * sample_rate)), int(round(hop_seconds * sample_rate))
-    padded = np.pad(signal.astype(np.float64), frame // 2)
-    count = 1 + (len(padded) - frame) // hop
-    frames = np.lib.stride_tricks.as_strided(padded, (count, frame), (padded.strides[0] * hop, padded.strides[0]))
-    power = np.maximum(np.mean(frames ** 2, axis=1), 1e-10)
-    loud = np.flatnonzero(10 * np.log10(power / power.max()) > -top_db)
-    if len(loud) == 0:
-        return signal[:0]
-    return signal[loud[0] * hop: min(len(signal), (loud[-1] + 1) * hop)]
 
 
 def split_chunks(length: int, chunk: int) -> list[tuple[int, int]]:
@@ -63,57 +47,6 @@ def split_chunks(length: int, chunk: int) -> list[tuple[int, int]]:
     count = max(1, -(-length // chunk))
     edges = np.linspace(0, length, count + 1).round().astype(int)
     return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
-
-
-@contextlib.contextmanager
-def exact_padding(model: nn.Module) -> Iterator[None]:
-    """Make padded rows of a batch compute exactly what they compute alone.
-
-    SpeechBrain's "same" convolutions reflect-pad the whole batch at its longest row; a shorter
-    row then convolves its padding. Inside this context each such convolution is fed an input
-    padded per row: mirrored about the row's own last valid frame (the row's valid length is
-    taken from the frontend's frame lengths). Outputs at padded frames are meaningless and are
-    masked by the encoder's length-aware pooling. Not thread-safe for the duration of the context.
-    """
-    from speechbrain.nnet.CNN import Conv1d
-
-    from speakertrip.features import LogMelFrontend
-
-    frontends = [m for m in model.modules() if isinstance(m, LogMelFrontend)]
-    convolutions = [m for m in model.modules() if isinstance(m, Conv1d) and m.padding == "same"
-                    and m.padding_mode == "reflect" and m.stride == 1 and m.kernel_size > 1]
-    if len(frontends) != 1 or not convolutions:
-        yield
-        return
-    frame_lengths: list[torch.Tensor] = []
-
-    def remember_lengths(module: nn.Module, inputs: tuple, output: tuple) -> None:
-        frame_lengths[:] = [output[1]]
-
-    def pad_rows(conv: Conv1d, inputs: tuple) -> tuple:
-        x = inputs[0] if conv.skip_transpose else inputs[0].transpose(1, -1)  # (B, C, T)
-        half = conv.dilation * (conv.kernel_size - 1) // 2
-        total = x.shape[-1]
-        lengths = frame_lengths[0].to(x.device).clamp(1, total)[:, None]
-        padded = torch.nn.functional.pad(x, (half, half), mode="reflect")  # right for full rows
-        tail = lengths + torch.arange(half, device=x.device)[None, :]  # positions n .. n + half - 1
-        source = (2 * (lengths - 1) - tail).clamp(0, total - 1)  # mirrored about the row's last frame
-        channels = (-1, x.shape[1], -1)
-        padded.scatter_(2, (tail + half)[:, None, :].expand(*channels),
-                        torch.gather(x, 2, source[:, None, :].expand(*channels)))
-        return (padded if conv.skip_transpose else padded.transpose(1, -1),)
-
-    hooks = [frontends[0].register_forward_hook(remember_lengths)]
-    hooks += [conv.register_forward_pre_hook(pad_rows) for conv in convolutions]
-    for conv in convolutions:
-        conv.padding = "valid"
-    try:
-        yield
-    finally:
-        for conv in convolutions:
-            conv.padding = "same"
-        for hook in hooks:
-            hook.remove()
 
 
 def _duration(item: Item, sample_rate: int | None) -> float:
@@ -158,7 +91,7 @@ def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | No
     streams : batches computed at once on CPU, sharing the ``num_threads`` threads; default: one per
         thread (independent batches scale better than one batch split over threads, and a busy core
         stalls one stream instead of every operation). Always 1 on a GPU.
-    optimize : run an ECAPA encoder through its frozen inference copy (:mod:`speakertrip.inference`,
+    optimize : run an ECAPA encoder through its frozen inference copy (:mod:`speakertrip.models.inference_ecapa`,
         same embeddings to float32 rounding); False runs the model itself
 
     >>> embed_many(model, ["a.wav", "b.wav"], trim_db=40).shape      # doctest: +SKIP

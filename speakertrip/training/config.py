@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-import torch
 import yaml
 
-from speakertrip.augment import AugmentConfig
+from speakertrip.audio.augment import AugmentConfig
 from speakertrip.errors import ConfigError, FormatError
 from speakertrip.features import FeatureConfig
+from speakertrip.plain_yaml import plain_data, write_yaml
 
 
 @dataclass
@@ -140,19 +139,6 @@ class TrainConfig:
 
 CHOICES = {"optim.name": ("adam", "adamw", "sgd"), "schedule.kind": ("cosine", "constant", "cyclic"),
            "train.amp": ("auto", "bf16", "off"), "data.short_speakers": ("repeat", "drop")}
-
-
-def plain_data(value: Any) -> Any:
-    """Dataclasses, mappings, tuples and numpy/torch scalars → the plain values ``yaml.safe_dump`` writes."""
-    if dataclasses.is_dataclass(value):
-        return {item.name: plain_data(getattr(value, item.name)) for item in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(key): plain_data(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_data(item) for item in value]
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.item()
-    return value
 
 
 def _describe(kind: Any) -> str:
@@ -274,6 +260,4 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML (loadable again with :func:`load_config`)."""
-    path = Path(path)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return path
+    return write_yaml(config.to_dict(), path)

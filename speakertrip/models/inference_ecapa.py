@@ -13,10 +13,10 @@ rounding, ~1e-6 on unit embeddings) for a padded batch as if every row ran alone
   constant, saving two thirds of that layer's multiply-adds;
 - masks and means use integer frame lengths, so no padded frame reaches a valid one.
 
-:func:`inference_model` returns (and caches) the optimised copy of an ``EmbeddingModel`` whose
-encoder is ECAPA, or None for other encoders; :mod:`speakertrip.embed` uses it when it can.
+:func:`inference_model` returns (and caches) the optimised copy of an ``EmbeddingNetwork`` whose
+encoder is ECAPA, or None for other encoders; :mod:`speakertrip.extraction.batched` uses it when it can.
 
->>> model = EmbeddingModel(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()  # doctest: +SKIP
+>>> model = EmbeddingNetwork(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()  # doctest: +SKIP
 >>> fast = inference_model(model)                                                         # doctest: +SKIP
 >>> fast(torch.randn(2, 16000), torch.tensor([16000, 9000])).shape                        # doctest: +SKIP
 torch.Size([2, 192])
@@ -29,6 +29,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from speakertrip.models.embedding_model import weights_stamp
 
 
 def reflect_taps(lengths: torch.Tensor, frames: int, kernel_size: int, dilation: int) -> torch.Tensor:
@@ -192,7 +194,7 @@ class InferenceEcapa(nn.Module):
 
 
 class InferenceModel(nn.Module):
-    """An ``EmbeddingModel`` with its ECAPA encoder replaced by :class:`InferenceEcapa` (eval only).
+    """An ``EmbeddingNetwork`` with its ECAPA encoder replaced by :class:`InferenceEcapa` (eval only).
 
     forward(waveforms (B, T), lengths (B,) | None) -> (B, D) L2-normalised, like the model's.
     """
@@ -204,7 +206,7 @@ class InferenceModel(nn.Module):
         self.embedding_dim, self.sample_rate = model.embedding_dim, model.sample_rate
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.autocast(waveforms.device.type, enabled=False):  # as EmbeddingModel: features in float32
+        with torch.autocast(waveforms.device.type, enabled=False):  # as EmbeddingNetwork: features in float32
             features, frame_lengths = self.frontend(waveforms, lengths)
         return F.normalize(self.encoder(features, frame_lengths).float(), dim=-1)
 
@@ -224,7 +226,7 @@ def inference_model(model: nn.Module) -> InferenceModel | None:
     if not isinstance(encoder, ECAPA_TDNN) or not hasattr(model, "frontend") or not all(
             isinstance(block.activation, nn.ReLU) for block in encoder.modules() if isinstance(block, TDNNBlock)):
         return None
-    stamp = tuple((key, value.data_ptr(), value._version, value.device) for key, value in model.state_dict().items())
+    stamp = weights_stamp(model.state_dict())
     cached = _CACHE.get(model)
     if cached is None or cached[0] != stamp:
         with torch.no_grad():

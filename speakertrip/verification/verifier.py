@@ -5,16 +5,7 @@ mean of their enrolment embeddings), never rescaled. The decision threshold defa
 calibrated one in the model artifact (the dev-set EER threshold the trainer recorded).
 With ``norm="asnorm"`` scores are adaptive-s-normalised against a cohort kept in the same
 store; such scores live on another scale, so an explicit threshold is then required.
-
->>> import speakertrip as st
->>> verifier = st.Verifier(st.load_model("exp/run/model"), store="speakers.db")   # doctest: +SKIP
->>> verifier.enroll("alice", ["alice1.wav", "alice2.wav"])                      # doctest: +SKIP
-2
->>> result = verifier.verify("alice", "test.wav")                               # doctest: +SKIP
->>> result.score, result.accepted, result.threshold                             # doctest: +SKIP
-(0.71, True, 0.42)
->>> verifier.identify("test.wav", top_k=3)                                      # doctest: +SKIP
-[Match(name='alice', score=0.71)]
+An example runs in :mod:`speakertrip.verification`.
 """
 
 from __future__ import annotations
@@ -25,8 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from speakertrip.enrollment_store import EnrollmentStore, ModelMismatchError, check_name
 from speakertrip.errors import ConfigError
+from speakertrip.extraction import embed_many, load_model
+from speakertrip.scoring.norm import apply_norm, cohort_stats, resolve_top_k
+from speakertrip.verification.store import EnrollmentStore, ModelMismatchError, check_name
 
 NORMS = (None, "asnorm")
 
@@ -71,8 +64,6 @@ class Verifier:
     def __init__(self, model: Any, store: str | Path | EnrollmentStore = "speakers.db",
                  threshold: float | None = None, norm: str | None = None, cohort_top_n: int = 300):
         if isinstance(model, (str, Path)):
-            from speakertrip.models import load_model
-
             model = load_model(model)
         if norm not in NORMS:
             raise ConfigError(f"unknown norm {norm!r}; valid: none, asnorm")
@@ -155,26 +146,17 @@ class Verifier:
         return [Match(name, score) for name, score in found if not open_set or score >= self.threshold]
 
     def _embed(self, items: Sequence[Any], sample_rate: int | None) -> np.ndarray:
-        from speakertrip.embed import embed_many
-
         return embed_many(self.model, items, sample_rate=sample_rate, progress=len(items) > 20)
 
     def _asnorm(self, scores: np.ndarray, enrolled: np.ndarray, test: np.ndarray) -> np.ndarray:
-        """Adaptive s-norm of ``scores`` (S,) between centroids (S, D) and one test embedding (D,)."""
+        """Adaptive s-norm (:mod:`speakertrip.scoring.norm`) of ``scores`` (S,) between centroids (S, D)
+        and one test embedding (D,)."""
         cohort = self.store.cohort()
         if len(cohort) == 0:
             raise ConfigError(f"norm='asnorm' needs a cohort in {self.store.path}; add one with "
                               "Verifier.enroll_cohort(files) or `speakertrip enroll --cohort`")
-        top = min(self.cohort_top_n, len(cohort))
-        enrol_mean, enrol_std = _top_stats(enrolled @ cohort.T, top)
-        test_mean, test_std = _top_stats((cohort @ test)[None], top)
-        return 0.5 * ((scores - enrol_mean) / enrol_std + (scores - test_mean) / test_std)
-
-
-def _top_stats(scores: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of the ``top`` highest scores of each row of (S, N)."""
-    best = np.partition(scores, scores.shape[1] - top, axis=1)[:, -top:].astype(np.float64)
-    return best.mean(axis=1), np.maximum(best.std(axis=1), 1e-8)
+        top_k = resolve_top_k("asnorm", min(self.cohort_top_n, len(cohort)), len(cohort))
+        return apply_norm(scores, "asnorm", cohort_stats(enrolled, cohort, top_k), cohort_stats(test[None], cohort, top_k))
 
 
 def _source(item: Any, index: int) -> str:

@@ -1,0 +1,74 @@
+"""Embedding a whole corpus (an audio folder or a manifest) into a store, sharded across torchrun ranks.
+
+A directory is scanned for audio (keys: paths relative to it, as VoxCeleb trial lists write
+them); a manifest (``.jsonl``) gives ``utt_id`` keys. Under ``torchrun`` each rank embeds every
+WORLD_SIZE-th utterance, writes ``<out>.rank<R>.npz`` and rank 0 merges them into ``out``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from speakertrip.audio import audio_info
+from speakertrip.data.manifest import read_manifest
+from speakertrip.errors import SpeakertripError
+from speakertrip.extraction.batched import embed_many
+from speakertrip.extraction.store import EmbeddingStore, load_store, save_store
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def find_items(data: str | Path) -> tuple[list[str], list]:
+    """Keys and items (paths or manifest utterances) of a folder or manifest, in a stable order."""
+    data = Path(data)
+    if data.is_dir():
+        paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        if not paths:
+            raise SpeakertripError(f"{data}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found in this folder")
+        return [p.relative_to(data).as_posix() for p in paths], paths
+    if not data.is_file():
+        raise SpeakertripError(f"{data}: no such folder or manifest")
+    utterances = read_manifest(data)
+    if not utterances:
+        raise SpeakertripError(f"{data}: the manifest lists no utterances")
+    return [u.utt_id for u in utterances], utterances
+
+
+def shard_path(out: Path, rank: int) -> Path:
+    return out.with_name(f"{out.stem}.rank{rank}.npz")
+
+
+def embed_corpus(model: nn.Module, data: str | Path, out: str | Path, **options: Any) -> tuple[int, int, float]:
+    """Embed every utterance of ``data`` into the store ``out`` (``.npz`` or a folder); ``options`` go to
+    :func:`embed_many`. Under torchrun (``WORLD_SIZE`` > 1) the ranks share the work and rank 0
+    writes ``out``. Returns the corpus's utterance count, this rank's, and this rank's seconds of audio.
+    """
+    out = Path(out)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    keys, items = find_items(data)
+    mine = list(range(rank, len(keys), world))
+    embeddings = embed_many(model, [items[i] for i in mine], **options)
+    if world > 1:
+        import torch.distributed as dist
+
+        shard = save_store(EmbeddingStore([keys[i] for i in mine], embeddings), shard_path(out, rank))
+        dist.init_process_group("gloo")
+        dist.barrier()
+        if rank == 0:
+            merged = np.empty((len(keys), embeddings.shape[1]), np.float32)
+            for r in range(world):
+                merged[r::world] = load_store(shard_path(out, r)).embeddings
+            save_store(EmbeddingStore(keys, merged), out)
+        dist.barrier()
+        shard.unlink()
+        dist.destroy_process_group()
+    else:
+        save_store(EmbeddingStore(keys, embeddings), out)
+    audio = sum(item.duration if hasattr(item, "duration") else audio_info(item).duration
+                for item in (items[i] for i in mine))
+    return len(keys), len(mine), audio

@@ -1,0 +1,21 @@
+"""Verification: the :class:`Verifier` (enrol, verify, identify) over an SQLite :class:`EnrollmentStore`.
+
+>>> import tempfile, numpy as np
+>>> import speakertrip as st
+>>> from speakertrip.testing import speech_like, tiny_model_artifact
+>>> verifier = st.Verifier(st.load_model(tiny_model_artifact()), store=tempfile.mkdtemp() + "/speakers.db")
+>>> verifier.enroll("alice", [speech_like(1, 2.0, seed=s) for s in (1, 2)], sample_rate=16000)
+2
+>>> result = verifier.verify("alice", speech_like(1, 2.0, seed=3), sample_rate=16000)
+>>> result.threshold, isinstance(result.accepted, bool)
+(0.5, True)
+>>> [match.name for match in verifier.identify(speech_like(1, 2.0, seed=3), top_k=3, sample_rate=16000)]
+['alice']
+"""
+
+from __future__ import annotations
+
+from speakertrip.verification.store import EnrollmentStore, ModelMismatchError, SpeakerInfo
+from speakertrip.verification.verifier import Match, VerificationResult, Verifier
+
+__all__ = ["EnrollmentStore", "Match", "ModelMismatchError", "SpeakerInfo", "VerificationResult", "Verifier"]
