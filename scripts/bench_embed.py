@@ -79,9 +79,9 @@ def speechbrain_encode_loop(peer, paths: list[Path], threads: int) -> np.ndarray
 
 def bench_extraction(count: int, threads: int, round_size: int) -> None:
     """Both sides (and their variants) run on the same files, round after round, so load changes hit all alike."""
+    from speakertrip.extraction import EmbeddingModel
     from speakertrip.extraction.batched import embed_many
     from speakertrip.features import FeatureConfig
-    from speakertrip.extraction import EmbeddingModel
 
     torch.manual_seed(0)
     model = EmbeddingModel(FeatureConfig.speechbrain(n_mels=80), "ecapa", {"channels": 512}).eval()
@@ -135,9 +135,9 @@ def bench_extraction(count: int, threads: int, round_size: int) -> None:
 
 
 def bench_identify(speakers: int, queries: int = 200) -> None:
-    from speakertrip.verification.store import EnrollmentStore
-    from speakertrip.features import FeatureConfig
     from speakertrip.extraction import EmbeddingModel
+    from speakertrip.features import FeatureConfig
+    from speakertrip.verification.store import EnrollmentStore
     from speakertrip.verification.verifier import Verifier
 
     rng = np.random.default_rng(1)

@@ -29,7 +29,6 @@ from speakertrip.extraction.store import EmbeddingStore
 from speakertrip.features import FeatureConfig, LogMelFrontend
 from speakertrip.scoring import Trials, compute_metrics, metrics_table, plot_det, read_trials, score_trials
 
-
 TRAINED, UNTRAINED, BASELINE = "trained ECAPA, triplet", "untrained ECAPA", "mean log-mel + cosine"
 
 
@@ -149,8 +148,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, w
     """
     from speakertrip.corpora.synth import prepare_synth
     from speakertrip.extraction import embed_many, load_model
-    from speakertrip.training.trainer import train
     from speakertrip.training.averaging import build_model
+    from speakertrip.training.trainer import train
 
     settings, out, started = (QUICK if quick else FULL), Path(out), time.perf_counter()
     say = print if progress else (lambda *_: None)

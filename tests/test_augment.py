@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import torchaudio.functional
 
@@ -109,13 +108,9 @@ def test_config_errors(tmp_path):
         AugmentConfig(weights={"reverb": 1.0})
     with pytest.raises(ConfigError, match="kinds from none, reverb"):
         AugmentConfig(weights={"echo": 1.0})
-    with pytest.raises(ConfigError, match="unknown augment config keys: snr"):
-        AugmentConfig.from_dict({"snr": 3})
     (tmp_path / "noise").mkdir()
     with pytest.raises(ConfigError, match="no wav/flac files for noise"):
         Augmenter(AugmentConfig(musan=str(tmp_path), weights={"noise": 1.0}), 3)
-    config = AugmentConfig.from_dict({"speed_factors": [0.9, 1.0], "musan": "m", "weights": {"noise": 1.0}})
-    assert AugmentConfig.from_dict(config.to_dict()) == config
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -8,9 +8,9 @@ import pickle
 import pytest
 import torch
 
-from speakertrip.training.config import ScheduleConfig, TrainConfig, load_config, parse_overrides, save_config
 from speakertrip.errors import ConfigError, FormatError
 from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint, save_checkpoint
+from speakertrip.training.config import ScheduleConfig, TrainConfig, load_config, parse_overrides, save_config
 from speakertrip.training.metrics_log import MetricsLog
 from speakertrip.training.schedule import learning_rate
 

@@ -4,11 +4,10 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from speakertrip.audio import load_audio
-from speakertrip.data.datasets import CropDataset, EvalDataset, bucket_batches, collate_crops, collate_eval
+from speakertrip.data.datasets import CropDataset, bucket_batches, collate_crops
 from speakertrip.data.manifest import Utterance, build_utterances
 from speakertrip.data.sampler import PKSampler
-from speakertrip.errors import AudioError, ConfigError
+from speakertrip.errors import ConfigError
 from speakertrip.testing import make_voxceleb_tree, speech_like
 
 CROP = 0.5
@@ -72,27 +71,6 @@ def test_collate_mixes_int16_and_float_as_float():
     batch = collate_crops([(torch.tensor([16384], dtype=torch.int16), 0), (torch.tensor([0.25, 0.5]), 1)])
     assert batch.waveforms.dtype == torch.float32
     assert batch.waveforms.tolist() == [[0.5, 0.0], [0.25, 0.5]] and batch.lengths.tolist() == [1, 2]
-
-
-def test_eval_dataset_whole_and_capped(utterances):
-    dataset = EvalDataset(utterances)
-    wave, key = dataset[0]
-    assert key == utterances[0].utt_id and wave.dtype == torch.float32
-    np.testing.assert_array_equal(wave.numpy(), load_audio(utterances[0].path))
-    capped = EvalDataset(utterances, max_seconds=0.25)
-    assert len(capped[1][0]) == 4000 and max(capped.durations) == 0.25
-    batch = collate_eval([dataset[0], dataset[1]])
-    lengths = [utterances[0].num_frames, utterances[1].num_frames]
-    assert batch.lengths.tolist() == lengths and batch.keys == [utterances[0].utt_id, utterances[1].utt_id]
-    shorter = int(np.argmin(lengths))
-    assert not batch.waveforms[shorter, lengths[shorter]:].any()
-
-
-def test_eval_dataset_rejects_silent_files_by_name(tmp_path):
-    sf.write(tmp_path / "silent.wav", np.zeros(8000), 16000, subtype="PCM_16")
-    utterance = Utterance("x", "s", str(tmp_path / "silent.wav"), 0.5, 16000, 8000)
-    with pytest.raises(AudioError, match="silent.wav: all samples are zero"):
-        EvalDataset([utterance])[0]
 
 
 @pytest.mark.parametrize("seconds, size", [(10.0, None), (None, 3), (6.0, 2)])

@@ -3,13 +3,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from speakertrip.audio import load_audio, prepare_waveform
+from speakertrip.audio import load_audio, prepare_waveform, trim_silence
 from speakertrip.data.manifest import Utterance
-from speakertrip.audio import trim_silence
-from speakertrip.extraction.batched import embed_many, embed_one, split_chunks
 from speakertrip.errors import AudioError, ConfigError
-from speakertrip.features import FeatureConfig
 from speakertrip.extraction import EmbeddingModel
+from speakertrip.extraction.batched import embed_many, embed_one, split_chunks
+from speakertrip.features import FeatureConfig
 from speakertrip.testing import make_voxceleb_tree, speech_like, write_bad_audio
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -4,8 +4,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from speakertrip.verification.store import EnrollmentStore, ModelMismatchError
 from speakertrip.errors import ConfigError, FormatError, KeyNotFoundError
+from speakertrip.verification.store import EnrollmentStore, ModelMismatchError
 
 DIM = 8
 

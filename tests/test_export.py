@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from speakertrip.cli import main
-from speakertrip.extraction.export import ExportableFrontend, export_onnx, export_torchscript
-from speakertrip.features import FeatureConfig, LogMelFrontend
 from speakertrip.extraction import EmbeddingModel
+from speakertrip.extraction.export import ExportableFrontend, export_onnx
+from speakertrip.features import FeatureConfig, LogMelFrontend
 
 LENGTHS = (4000, 16000, 37119)
 

@@ -7,8 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from speakertrip.errors import ConfigError
-from speakertrip.losses import (LOSSES, AAMSoftmax, CombinedLoss, MultiPositiveTripletLoss, TripletLoss,
-                                build_loss, loss_needs_classes)
+from speakertrip.losses import (
+    LOSSES,
+    AAMSoftmax,
+    CombinedLoss,
+    MultiPositiveTripletLoss,
+    TripletLoss,
+    build_loss,
+    loss_needs_classes,
+)
 
 
 def data(seed=0, batch=16, dim=8, classes=5):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from speakertrip import scoring
-from speakertrip.extraction.store import EmbeddingStore
 from speakertrip.errors import ConfigError, FormatError, KeyNotFoundError
+from speakertrip.extraction.store import EmbeddingStore
 from speakertrip.scoring.cosine import _cosine_scores_torch
 from speakertrip.scoring.norm import _cohort_stats_torch
 from speakertrip.scoring.top_k import top_k_values

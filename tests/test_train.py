@@ -15,14 +15,13 @@ import pytest
 import torch
 import yaml
 
-from speakertrip.training.config import load_config, save_config
 from speakertrip.errors import ConfigError
 from speakertrip.extraction import EmbeddingModel, load_model
-from speakertrip.models import build_encoder
-from speakertrip.models import initialise
-from speakertrip.training.trainer import ActivityWatch, TrainingModule, train
-from speakertrip.training.checkpoint import load_checkpoint
+from speakertrip.models import build_encoder, initialise
 from speakertrip.training.averaging import list_snapshots
+from speakertrip.training.checkpoint import load_checkpoint
+from speakertrip.training.config import load_config, save_config
+from speakertrip.training.trainer import ActivityWatch, TrainingModule, train
 
 ENCODERS = {"ecapa": {"channels": 32, "attention_channels": 16, "se_channels": 16, "embedding_dim": 32},
             "tdnn": {"channels": 32, "stats_channels": 64, "embedding_dim": 32}}

@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from speakertrip.cli import main
-from speakertrip.extraction import find_items
+from speakertrip.extraction import EmbeddingModel, find_items, load_model
 from speakertrip.extraction.store import load_store
 from speakertrip.features import FeatureConfig
-from speakertrip.extraction import EmbeddingModel, load_model
 from speakertrip.testing import make_voxceleb_tree, write_bad_audio
 
 

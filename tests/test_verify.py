@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import speakertrip as st
-from speakertrip.verification.store import ModelMismatchError
 from speakertrip.errors import AudioError, ConfigError, FormatError, KeyNotFoundError
-from speakertrip.features import FeatureConfig
 from speakertrip.extraction import EmbeddingModel, load_model
+from speakertrip.features import FeatureConfig
 from speakertrip.testing import make_voxceleb_tree, write_bad_audio
+from speakertrip.verification.store import ModelMismatchError
 from speakertrip.verification.verifier import Verifier
 
 

@@ -9,8 +9,17 @@ waveform augmentation (:mod:`.augment`: noise, music, babble, reverberation, spe
 
 from __future__ import annotations
 
-from speakertrip.audio.io import (AudioInfo, PathLike, Signal, audio_info, load_audio, prepare_waveform, read_crop,
-                                  resample, to_float)
+from speakertrip.audio.io import (
+                                  AudioInfo,
+                                  PathLike,
+                                  Signal,
+                                  audio_info,
+                                  load_audio,
+                                  prepare_waveform,
+                                  read_crop,
+                                  resample,
+                                  to_float,
+)
 from speakertrip.audio.trim import trim_silence
 
 __all__ = ["AudioInfo", "PathLike", "Signal", "audio_info", "load_audio", "prepare_waveform", "read_crop",

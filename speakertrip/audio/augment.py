@@ -59,14 +59,6 @@ class AugmentConfig:
         if any(factor <= 0 for factor in self.speed_factors):
             raise ConfigError(f"speed_factors must be positive, got {self.speed_factors}")
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> AugmentConfig:
-        known = {item.name for item in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown augment config keys: {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
-
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "weights": dict(self.weights)}
 

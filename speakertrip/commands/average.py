@@ -26,10 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from speakertrip.training.config import load_config
     from speakertrip.errors import SpeakertripError
-    from speakertrip.training.distributed import resolve_device
     from speakertrip.training.averaging import export_model, list_snapshots
+    from speakertrip.training.config import load_config
+    from speakertrip.training.distributed import resolve_device
 
     config = load_config(args.exp_dir / "config.yaml")
     if args.checkpoints:

@@ -32,10 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from speakertrip.extraction.store import load_store
     from speakertrip.errors import ConfigError, FormatError
-    from speakertrip.scoring import (Calibration, cosine_scores, find_missing, format_scores, load_cohort,
-                                     normalize_trial_scores, read_trials, trial_embeddings, write_scores)
+    from speakertrip.extraction.store import load_store
+    from speakertrip.scoring import (
+        Calibration,
+        cosine_scores,
+        find_missing,
+        format_scores,
+        load_cohort,
+        normalize_trial_scores,
+        read_trials,
+        trial_embeddings,
+        write_scores,
+    )
 
     if bool(args.norm) != bool(args.cohort):
         raise ConfigError("--norm and --cohort go together: a normalisation needs a cohort, and a cohort a --norm")

@@ -1,7 +1,7 @@
-"""The data layer: manifests, the P×K sampler, crop and evaluation datasets with their collation.
+"""The data layer: manifests, the P×K sampler, the crop dataset with its collation.
 
 ``speakertrip.data.manifest`` (JSONL utterance lists), ``speakertrip.data.sampler`` (``PKSampler``),
-``speakertrip.data.datasets`` (``CropDataset``, ``EvalDataset``, ``bucket_batches``).
+``speakertrip.data.datasets`` (``CropDataset``, ``bucket_batches``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Datasets: random fixed-length crops for training, whole utterances for evaluation.
+"""Datasets: random fixed-length crops for training, and length buckets for batched evaluation.
 
 Training crops are read as int16 when the files are 16-bit PCM, with the crop position taken
 from the manifest's frame count (no header read per item); the conversion to float happens on
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from speakertrip.audio import prepare_waveform, read_crop, to_float
+from speakertrip.audio import read_crop, to_float
 from speakertrip.data.manifest import Utterance
 from speakertrip.errors import ConfigError
 
@@ -27,14 +27,6 @@ class Batch(NamedTuple):
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         return Batch(*(tensor.to(device, non_blocking=non_blocking) for tensor in self))
-
-
-class EvalBatch(NamedTuple):
-    """Evaluation batch: waveforms (B, T) float32 zero-padded, lengths (B,) int64, utterance ids."""
-
-    waveforms: torch.Tensor
-    lengths: torch.Tensor
-    keys: list[str]
 
 
 def _pad_stack(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,44 +85,6 @@ def collate_crops(items: Sequence[tuple[torch.Tensor, int]]) -> Batch:
     """Stack crops: ``Batch(waveforms (B, T), lengths (B,), labels (B,))``."""
     waveforms, lengths = _pad_stack([wave for wave, _ in items])
     return Batch(waveforms, lengths, torch.tensor([label for _, label in items], dtype=torch.int64))
-
-
-class EvalDataset(Dataset):
-    """Whole utterances (the first ``max_seconds`` when given), validated, mono float32.
-
-    Items are ``(waveform (T,), utt_id)``; ``durations`` (seconds, after the cap) feed
-    :func:`bucket_batches`. Silent, NaN-bearing or unreadable files raise AudioError.
-    """
-
-    def __init__(self, utterances: Sequence[Utterance], max_seconds: float | None = None, sample_rate: int = 16000):
-        if max_seconds is not None and max_seconds <= 0:
-            raise ConfigError(f"max_seconds must be positive or None, got {max_seconds}")
-        self.utterances = list(utterances)
-        self.max_seconds = max_seconds
-        self.sample_rate = sample_rate
-
-    @property
-    def durations(self) -> list[float]:
-        cap = self.max_seconds or float("inf")
-        return [min(u.duration, cap) for u in self.utterances]
-
-    def __len__(self) -> int:
-        return len(self.utterances)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
-        utterance = self.utterances[index]
-        frames = utterance.num_frames * self.sample_rate // utterance.sample_rate
-        if self.max_seconds is not None:
-            frames = min(frames, int(round(self.max_seconds * self.sample_rate)))
-        wave = read_crop(utterance.path, 0, frames, self.sample_rate)
-        wave = prepare_waveform(wave, self.sample_rate, name=utterance.path)
-        return torch.from_numpy(wave), utterance.utt_id
-
-
-def collate_eval(items: Sequence[tuple[torch.Tensor, str]]) -> EvalBatch:
-    """Zero-pad utterances: ``EvalBatch(waveforms (B, T), lengths (B,), keys)``."""
-    waveforms, lengths = _pad_stack([wave for wave, _ in items])
-    return EvalBatch(waveforms, lengths, [key for _, key in items])
 
 
 def bucket_batches(durations: Sequence[float], max_batch_seconds: float | None = None,

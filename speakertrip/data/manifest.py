@@ -16,8 +16,8 @@ from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
-from speakertrip.audio import audio_info, load_audio
 from speakertrip.atomic import atomic_write
+from speakertrip.audio import audio_info, load_audio
 from speakertrip.errors import FormatError, SpeakertripError
 
 
@@ -144,17 +144,3 @@ def build_utterances(entries: Sequence[tuple[str, str, str | Path]], skip_bad: b
     if problems and not skip_bad:
         raise BadEntriesError(problems)
     return utterances, problems
-
-
-def check_manifest(utterances: Sequence[Utterance], workers: int = 8, deep: bool = False,
-                   progress: bool = True) -> list[tuple[str, str]]:
-    """Re-read every file of a manifest; returns ``(utt_id, problem)`` for files that changed or broke."""
-    rebuilt, problems = build_utterances([(u.utt_id, u.spk_id, u.path) for u in utterances], skip_bad=True,
-                                         workers=workers, deep=deep, progress=progress)
-    recorded = {u.utt_id: u for u in utterances}
-    for utterance in rebuilt:
-        before = recorded[utterance.utt_id]
-        if (before.num_frames, before.sample_rate) != (utterance.num_frames, utterance.sample_rate):
-            problems.append((utterance.utt_id, f"{utterance.path}: manifest says {before.num_frames} frames at "
-                             f"{before.sample_rate} Hz, the file has {utterance.num_frames} at {utterance.sample_rate} Hz"))
-    return problems

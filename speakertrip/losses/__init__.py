@@ -13,9 +13,18 @@ from speakertrip.losses.base import LOSSES, REDUCTIONS, build_loss, loss_needs_c
 from speakertrip.losses.combined import CombinedLoss
 from speakertrip.losses.distances import DISTANCES, pairwise_distances
 from speakertrip.losses.margin_softmax import AAMSoftmax
-from speakertrip.losses.miners import (MINERS, AnchorSetMiner, BatchAllMiner, BatchHardMiner,
-                                       DistanceWeightedMiner, HardestKMiner, Miner,
-                                       RandomNegativeMiner, SemiHardMiner, build_miner)
+from speakertrip.losses.miners import (
+                                       MINERS,
+                                       AnchorSetMiner,
+                                       BatchAllMiner,
+                                       BatchHardMiner,
+                                       DistanceWeightedMiner,
+                                       HardestKMiner,
+                                       Miner,
+                                       RandomNegativeMiner,
+                                       SemiHardMiner,
+                                       build_miner,
+)
 from speakertrip.losses.multi_positive import MultiPositiveTripletLoss
 from speakertrip.losses.selection import AnchorSets, Triplets
 from speakertrip.losses.triplet import TripletLoss

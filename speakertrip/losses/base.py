@@ -1,10 +1,9 @@
-"""What every loss shares: the loss registry, option checking, input checks and reductions."""
+"""What every loss shares: the loss registry, input checks and reductions."""
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -12,25 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from speakertrip.errors import ConfigError
+from speakertrip.options import construct
 from speakertrip.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 REDUCTIONS = ("mean", "mean_nonzero", "sum")
-
-
-def construct(factory: Callable, options: Mapping[str, Any], what: str) -> Any:
-    """Call ``factory(**options)``; an unknown or missing option is a ``ConfigError`` naming the valid ones."""
-    parameters = inspect.signature(factory).parameters
-    valid = [name for name, p in parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ConfigError(f"{what}: unknown option {', '.join(map(repr, unknown))}; "
-                          f"valid options: {', '.join(valid)}")
-    missing = [name for name in valid if parameters[name].default is inspect.Parameter.empty
-               and name not in options]
-    if missing:
-        raise ConfigError(f"{what}: missing option {', '.join(map(repr, missing))}")
-    return factory(**options)
 
 
 def build_loss(kind: str, *, embedding_dim: int | None = None, num_classes: int | None = None,

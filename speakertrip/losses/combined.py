@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from speakertrip.errors import ConfigError
-from speakertrip.losses.base import LOSSES, construct
+from speakertrip.losses.base import LOSSES
 from speakertrip.losses.margin_softmax import AAMSoftmax
 from speakertrip.losses.multi_positive import MultiPositiveTripletLoss
 from speakertrip.losses.triplet import TripletLoss
+from speakertrip.options import construct
 
 
 class CombinedLoss(nn.Module):

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 import torch
 
 from speakertrip.errors import ConfigError
-from speakertrip.losses.base import construct
 from speakertrip.losses.distances import unit_sphere_euclidean
 from speakertrip.losses.selection import AnchorSets, Triplets, label_masks
+from speakertrip.options import check_count, construct
 from speakertrip.registry import Registry
 
 MINERS: Registry = Registry("miner")
@@ -114,9 +114,7 @@ class HardestKMiner(Miner):
     """Per positive pair, the ``k`` closest negatives of its anchor (all of them if fewer)."""
 
     def __init__(self, k: int = 4):
-        if not (isinstance(k, int) and k >= 1):
-            raise ConfigError(f"hardest_k miner: k must be an integer >= 1, got {k!r}")
-        self.k = k
+        self.k = check_count(k, "hardest_k miner: k")
 
     def mine(self, dist, labels, embeddings):
         anchors, positives, negative = all_pairs(labels)
@@ -202,8 +200,7 @@ class AnchorSetMiner:
     def __init__(self, hardest_positives: int | None = None, hardest_negatives: int | None = None,
                  semi_hard_margin: float | None = None):
         for name, k in (("hardest_positives", hardest_positives), ("hardest_negatives", hardest_negatives)):
-            if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
-                raise ConfigError(f"{name} must be None or an integer >= 1, got {k!r}")
+            check_count(k, name, optional=True)
         self.hardest_positives, self.hardest_negatives = hardest_positives, hardest_negatives
         self.semi_hard_margin = semi_hard_margin
 

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speakertrip.losses.base import (LOSSES, REDUCTIONS, check_choice, check_inputs, check_margin,
-                                     full_precision, reduce)
+from speakertrip.losses.base import LOSSES, REDUCTIONS, check_choice, check_inputs, check_margin, full_precision, reduce
 from speakertrip.losses.distances import DISTANCES, pairwise_distances
 from speakertrip.losses.miners import Miner, build_miner
 from speakertrip.losses.selection import Triplets

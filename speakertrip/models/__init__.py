@@ -8,8 +8,13 @@
 from __future__ import annotations
 
 from speakertrip.models import ecapa, tdnn  # noqa: F401 - registers the encoders
-from speakertrip.models.artifact import (initialise, load_network, load_speechbrain_checkpoint, model_from_config,
-                                         save_model)
+from speakertrip.models.artifact import (
+                                         initialise,
+                                         load_network,
+                                         load_speechbrain_checkpoint,
+                                         model_from_config,
+                                         save_model,
+)
 from speakertrip.models.embedding_model import EmbeddingNetwork
 from speakertrip.models.encoder import ENCODERS, build_encoder
 

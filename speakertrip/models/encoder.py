@@ -7,35 +7,16 @@ frame_lengths (B,) int64 | None) -> (B, embedding_dim)`` returns unnormalised em
 
 from __future__ import annotations
 
-import inspect
+import functools
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from speakertrip.errors import ConfigError
+from speakertrip.options import construct
 from speakertrip.registry import Registry
 
 ENCODERS: Registry[Callable[..., nn.Module]] = Registry("encoder")
-
-
-def _check_options(name: str, builder: Callable[..., nn.Module], options: Mapping[str, Any]) -> None:
-    parameters = {key: value for key, value in inspect.signature(builder).parameters.items() if key != "input_size"}
-    unknown = sorted(set(options) - set(parameters))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(map(repr, unknown))} for encoder {name!r}; "
-                          f"valid options: {', '.join(parameters)}")
-    for key, value in options.items():
-        default = parameters[key].default
-        expected = type(default)
-        if default is None:
-            continue
-        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            raise ConfigError(f"encoder {name!r} option {key!r} must be {expected.__name__}, "
-                              f"got {type(value).__name__} {value!r}")
 
 
 def build_encoder(name: str, input_size: int, options: Mapping[str, Any] | None = None) -> nn.Module:
@@ -46,10 +27,7 @@ def build_encoder(name: str, input_size: int, options: Mapping[str, Any] | None 
     >>> build_encoder("ecapa", 40, {"channels": 32}).embedding_dim
     192
     """
-    builder = ENCODERS.get(name)
-    options = dict(options or {})
-    _check_options(name, builder, options)
-    return builder(input_size, **options)
+    return construct(functools.partial(ENCODERS.get(name), input_size), dict(options or {}), f"encoder {name!r}")
 
 
 def relative_lengths(features: torch.Tensor, frame_lengths: torch.Tensor | None) -> torch.Tensor | None:

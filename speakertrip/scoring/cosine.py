@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from speakertrip.extraction.store import EmbeddingStore, describe_missing
 from speakertrip.errors import FormatError, KeyNotFoundError
+from speakertrip.extraction.store import EmbeddingStore, describe_missing
 from speakertrip.scoring.trials import Trials
 
 

@@ -14,17 +14,16 @@ checked by the encoder and loss builders, which also reject unknown names.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
 from speakertrip.audio.augment import AugmentConfig
 from speakertrip.errors import ConfigError, FormatError
 from speakertrip.features import FeatureConfig
+from speakertrip.options import build_dataclass
 from speakertrip.plain_yaml import plain_data, write_yaml
 
 
@@ -36,10 +35,9 @@ class DataConfig:
     dev: str | None = None
     dev_trials: str | None = None
     crop_seconds: float = 2.0
-    dev_max_seconds: float | None = None
     workers: int = 4
     batches_per_epoch: int | None = None
-    short_speakers: str = "repeat"
+    short_speakers: Literal["repeat", "drop"] = "repeat"
 
 
 @dataclass
@@ -68,7 +66,7 @@ class LossConfig:
 class OptimConfig:
     """Optimiser: ``adam``, ``adamw`` or ``sgd``; ``lr`` is the peak learning rate of the schedule."""
 
-    name: str = "adamw"
+    name: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
@@ -84,7 +82,7 @@ class ScheduleConfig:
     by ``cycle_decay`` each cycle (0.5 = "triangular2"). ``warmup_steps`` < 1 is a fraction of all steps.
     """
 
-    kind: str = "cosine"
+    kind: Literal["cosine", "constant", "cyclic"] = "cosine"
     warmup_steps: float = 0.1
     min_lr: float = 1e-5
     cycle_steps: int = 2000
@@ -104,7 +102,7 @@ class LoopConfig:
     epochs: int = 10
     steps: int | None = None
     grad_clip: float | None = 5.0
-    amp: str = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"
     seed: int = 0
     device: str = "auto"
     log_every: int = 10
@@ -134,79 +132,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
-        return _build(cls, values, source, "")
+        return build_dataclass(cls, values, source)
 
-
-CHOICES = {"optim.name": ("adam", "adamw", "sgd"), "schedule.kind": ("cosine", "constant", "cyclic"),
-           "train.amp": ("auto", "bf16", "off"), "data.short_speakers": ("repeat", "drop")}
-
-
-def _describe(kind: Any) -> str:
-    return " or ".join(getattr(arg, "__name__", str(arg)) for arg in typing.get_args(kind)) \
-        if typing.get_origin(kind) in (typing.Union, types.UnionType) else getattr(kind, "__name__", str(kind))
-
-
-def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
-    """``value`` checked against the annotation ``kind``; ints widen to float, lists become tuples."""
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        arguments = typing.get_args(kind)
-        if value is None and type(None) in arguments:
-            return None
-        concrete = [argument for argument in arguments if argument is not type(None)]
-        if len(concrete) == 1 and value is not None:
-            return _convert(value, concrete[0], key, source)
-        for argument in arguments:
-            if argument is type(None):
-                continue
-            try:
-                return _convert(value, argument, key, source)
-            except ConfigError:
-                continue
-    elif dataclasses.is_dataclass(kind):
-        return _build(kind, value, source, key + ".")
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif kind is tuple or origin is tuple:
-        if isinstance(value, (list, tuple)):
-            return tuple(value)
-    elif kind in (list, dict, str, bool):
-        if isinstance(value, kind):
-            return value
-    elif origin is not None and isinstance(value, origin):  # Mapping[str, float] and the like
-        return value
-    raise ConfigError(f"{source}: key {key!r} must be {_describe(kind)}, got {type(value).__name__} {value!r}")
-
-
-def _build(cls: type, values: Any, source: str, prefix: str) -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"{source}: section {prefix.rstrip('.') or '(top level)'!r} must be a mapping, "
-                          f"got {type(values).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [item.name for item in dataclasses.fields(cls)]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(prefix + str(name) for name in unknown)}; "
-                          f"valid keys{' in ' + prefix.rstrip('.') if prefix else ''}: {', '.join(names)}")
-    converted = {}
-    for name, value in values.items():
-        key = prefix + name
-        converted[name] = _convert(value, hints[name], key, source)
-        if key in CHOICES and converted[name] not in CHOICES[key]:
-            raise ConfigError(f"{source}: key {key!r} must be one of {', '.join(CHOICES[key])}, not {value!r}")
-    try:
-        return cls(**converted)
-    except ConfigError as error:
-        raise ConfigError(f"{source}: section {prefix.rstrip('.')!r}: {error}") from None
 
 
 def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
