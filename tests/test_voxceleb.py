@@ -4,7 +4,8 @@ import pytest
 import soundfile as sf
 
 from speakertrip.cli import main
-from speakertrip.corpora.voxceleb import prepare_voxceleb, read_voxceleb_trials
+from speakertrip.corpora.voxceleb import prepare_voxceleb
+from speakertrip.data.trials import read_trials
 from speakertrip.data.manifest import BadEntriesError, read_manifest
 from speakertrip.errors import FormatError, SpeakertripError
 from speakertrip.testing import make_voxceleb_tree
@@ -39,7 +40,8 @@ def test_prepare_writes_manifest_trials_and_speaker_split(tree, tmp_path):
     train, test = read_manifest(paths["train"]), read_manifest(paths["test"])
     assert {u.spk_id for u in train} == {"id10001", "id10002"}
     assert {u.spk_id for u in test} == {"id10003", "id10004"}
-    trial_keys = {key for _, *keys in read_voxceleb_trials(paths["veri_test2"]) for key in keys}
+    trials = read_trials(paths["veri_test2"], "voxceleb")
+    trial_keys = set(trials.enroll) | set(trials.test)
     assert trial_keys <= {u.utt_id for u in test}
 
 
@@ -79,7 +81,7 @@ def test_given_lists_and_vox1_e_lists(tree, tmp_path):
 def test_bad_trial_lists_name_file_and_line(tree, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("1 id10001/a/00001.wav id10002/b/00001.wav\n2 x y\n")
-    with pytest.raises(FormatError, match=r"bad.txt:2: expected 'label enrol_key test_key'"):
+    with pytest.raises(FormatError, match=r"bad.txt:2: expected label 1 or 0 first \(VoxCeleb trial list\), got '2'"):
         prepare_voxceleb(tree, tmp_path / "out", trials=[bad], progress=False)
     bad.write_text("1 id10001/a/00001.wav id10002/b/00001.wav\n")
     with pytest.raises(FormatError, match="trial key 'id10001/a/00001.wav' is not among the 16 utterances"):
@@ -94,8 +96,7 @@ def test_skip_bad_drops_files_and_their_trials(tree, tmp_path):
         prepare_voxceleb(root, tmp_path / "out", progress=False)
     paths = prepare_voxceleb(root, tmp_path / "out", skip_bad=True, progress=False)
     assert len(read_manifest(paths["utts"])) == 15
-    listed = read_voxceleb_trials(root / "veri_test2.txt")
-    kept = read_voxceleb_trials(paths["veri_test2"])
+    listed, kept = (_rows(read_trials(path, "voxceleb")) for path in (root / "veri_test2.txt", paths["veri_test2"]))
     assert kept == [trial for trial in listed if broken not in trial[1:]] and len(kept) < len(listed)
 
 
@@ -107,9 +108,13 @@ def test_flac_trees_and_unconverted_m4a(tree, tmp_path):
         data, rate = sf.read(tree / "wav" / key, dtype="int16")
         sf.write(target, data, rate, subtype="PCM_16")
     paths = prepare_voxceleb(root, tmp_path / "out", trials=[tree / "veri_test2.txt"], progress=False)
-    assert read_voxceleb_trials(paths["veri_test2"])[0][1].endswith(".flac")
+    assert read_trials(paths["veri_test2"]).enroll[0].endswith(".flac")
     m4a = tmp_path / "vox2" / "dev" / "aac" / "id00012" / "21Uxsk56VDQ"
     m4a.mkdir(parents=True)
     (m4a / "00001.m4a").write_bytes(b"")
     with pytest.raises(SpeakertripError, match="holds 1 .m4a files: convert them first"):
         prepare_voxceleb(tmp_path / "vox2", tmp_path / "out", progress=False)
+
+
+def _rows(trials) -> list[tuple[bool, str, str]]:
+    return list(zip(trials.labels.tolist(), trials.enroll, trials.test))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from speakertrip.data.manifest import Utterance, build_utterances, write_manifest
+from speakertrip.data.trials import read_trials
 from speakertrip.errors import FormatError, SpeakertripError
 
 OFFICIAL_TRIALS = ("veri_test.txt", "veri_test2.txt", "list_test_all.txt", "list_test_all2.txt",
@@ -28,26 +29,6 @@ OFFICIAL_TRIALS = ("veri_test.txt", "veri_test2.txt", "list_test_all.txt", "list
 WHOLE_VOX1_TRIALS = ("list_test_all", "list_test_hard")  # Vox1-E/H: not a speaker split
 AUDIO_SUFFIXES = (".wav", ".flac")
 SPEAKER = re.compile(r"^id\d+$")
-
-
-def read_voxceleb_trials(path: str | Path) -> list[tuple[int, str, str]]:
-    """Read ``label enrol_key test_key`` lines; FormatError with file:line for a malformed one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FormatError("no such trial list", path)
-    trials = []
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3 or fields[0] not in ("0", "1"):
-                raise FormatError("expected 'label enrol_key test_key' with label 0 or 1 (VoxCeleb format)",
-                                  path, line_no, line)
-            trials.append((int(fields[0]), fields[1], fields[2]))
-    if not trials:
-        raise FormatError("trial list is empty", path)
-    return trials
 
 
 def find_voxceleb_files(root: Path) -> tuple[list[tuple[str, Path]], list[Path], int]:
@@ -111,7 +92,8 @@ def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | P
     held_out: set[str] = set()
     lists = {Path(p).name: Path(p) for p in [*found_trials, *trials]}  # given lists win over found ones
     for name, source in sorted(lists.items()):
-        listed = read_voxceleb_trials(source)
+        trials = read_trials(source, "voxceleb")
+        listed = [(int(label), enrol, test) for label, enrol, test in zip(trials.labels, trials.enroll, trials.test)]
         matched = _match_keys(listed, known, dropped_ids, source)
         if len(matched) < len(listed):
             print(f"{name}: left out {len(listed) - len(matched)} trials on files dropped by --skip-bad")

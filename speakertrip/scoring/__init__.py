@@ -26,7 +26,7 @@ from speakertrip.scoring.norm import (NORM_METHODS, CohortStats, apply_norm, coh
 from speakertrip.scoring.operating_points import OperatingPoints, ScoreGroups, check_trials, operating_points
 from speakertrip.scoring.report import VerificationMetrics, compute_metrics, metrics_table
 from speakertrip.scoring.score_files import ScoreList, format_scores, read_scores, write_scores
-from speakertrip.scoring.trials import Trials, read_trials
+from speakertrip.data.trials import Trials, read_trials
 
 __all__ = [
     "eer", "min_dcf", "act_dcf", "bayes_threshold", "rocch_eer", "cllr", "min_cllr", "compute_metrics",

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from speakertrip.errors import FormatError, KeyNotFoundError
 from speakertrip.extraction.store import EmbeddingStore, describe_missing
-from speakertrip.scoring.trials import Trials
+from speakertrip.data.trials import Trials
 
 
 def l2_normalize(embeddings: np.ndarray, keys: list[str] | None = None) -> np.ndarray:

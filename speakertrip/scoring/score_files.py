@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from speakertrip.atomic import atomic_write
-from speakertrip.scoring.text_rows import TextRows, join_rows
+from speakertrip.data.text_rows import TextRows, join_rows
 
 SCORE_LABELS = {"target": True, "nontarget": False, "1": True, "0": False}
 

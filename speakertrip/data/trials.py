@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from speakertrip.errors import FormatError
-from speakertrip.scoring.text_rows import TextRows
+from speakertrip.data.text_rows import TextRows
 
 FORMATS = {
     "voxceleb": "LABEL ENROLL TEST with LABEL 1 or 0",
