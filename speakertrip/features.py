@@ -6,9 +6,10 @@ Three modes compute the same kind of feature three ways:
     Centred frames with zero padding (``1 + T // hop`` frames), optional pre-emphasis of the
     waveform, HTK mel filters, ``log(mel + log_floor)``; the frontend of voxceleb_trainer.
 ``kaldi``
-    ``torchaudio.compliance.kaldi.fbank`` (snip-edges framing, DC removal, per-frame
-    pre-emphasis, Kaldi mel banks, ``log(max(mel, log_floor))``); with
-    :meth:`FeatureConfig.kaldi` it is what WeSpeaker models were trained on.
+    What ``torchaudio.compliance.kaldi.fbank`` computes (snip-edges framing, DC removal,
+    per-frame pre-emphasis, Kaldi mel banks from torchaudio, ``log(max(mel, log_floor))``),
+    batched with lengths and checked against it in the tests; with :meth:`FeatureConfig.kaldi`
+    it is what WeSpeaker models were trained on.
 ``speechbrain``
     ``speechbrain.lobes.features.Fbank`` (centred STFT, SpeechBrain's filters, decibels clipped
     80 dB below each utterance's peak); with :meth:`FeatureConfig.speechbrain` it feeds a
@@ -30,6 +31,7 @@ from torch import nn
 
 from speakertrip.audio import to_float
 from speakertrip.errors import ConfigError
+from speakertrip.options import build_dataclass
 
 MODES = ("speakertrip", "kaldi", "speechbrain")
 WINDOWS = ("hamming", "hann", "povey")
@@ -111,23 +113,26 @@ class FeatureConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> FeatureConfig:
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown feature config keys: {', '.join(unknown)}; "
-                              f"valid keys: {', '.join(sorted(known))}")
-        return cls(**values)
+    def from_dict(cls, values: Mapping[str, Any], source: str = "feature config") -> FeatureConfig:
+        """Every key and value checked (:mod:`speakertrip.options`); errors name ``source`` and ``features.<key>``."""
+        return build_dataclass(cls, values, source, "features.")
 
 
 def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
-    """Kaldi's triangular filters, triangles in the mel domain; shape (n_fft // 2 + 1, n_mels)."""
-    mel = lambda hz: 1127.0 * torch.log1p(torch.as_tensor(hz, dtype=torch.float64) / 700.0)  # noqa: E731
-    edges = torch.linspace(float(mel(f_min)), float(mel(f_max)), n_mels + 2, dtype=torch.float64)
-    left, centre, right = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    bins = mel(torch.arange(n_fft // 2, dtype=torch.float64) * sample_rate / n_fft)[None, :]
-    weights = torch.minimum((bins - left) / (centre - left), (right - bins) / (right - centre)).clamp(min=0)
-    return torch.cat([weights, torch.zeros(n_mels, 1, dtype=torch.float64)], dim=1).T.float()
+    """Kaldi's triangular filters (torchaudio's ``get_mel_banks``), with a zero Nyquist row; (n_fft // 2 + 1, n_mels).
+
+    Computed in float64, as every model so far was trained on (float32 arithmetic moves weights by ~1e-5).
+    Changes torch's default dtype for the call: build frontends before starting threads that make tensors.
+    """
+    from torchaudio.compliance.kaldi import get_mel_banks
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        banks, _ = get_mel_banks(n_mels, n_fft, float(sample_rate), f_min, f_max, 100.0, -500.0, 1.0)
+    finally:
+        torch.set_default_dtype(default)
+    return torch.nn.functional.pad(banks, (0, 1)).T.float()
 
 
 def speechbrain_mel_banks(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:

@@ -1,9 +1,12 @@
 """Tiny corpora for tests and bug reports: speech-like wav trees in the VoxCeleb layout, bad files.
 
+>>> import tempfile
 >>> from speakertrip.testing import make_voxceleb_tree
->>> root = make_voxceleb_tree(tmp_path)                      # doctest: +SKIP
->>> sorted(p.relative_to(root / "wav").as_posix() for p in (root / "wav").rglob("*.wav"))[:1]  # doctest: +SKIP
-['id10001/aB3dE5fG7hJ/00001.wav']
+>>> root = make_voxceleb_tree(tempfile.mkdtemp(), num_speakers=2, sessions=1)
+>>> [p.relative_to(root / "wav").parts[0] for p in sorted((root / "wav").rglob("*.wav"))]
+['id10001', 'id10001', 'id10002', 'id10002']
+>>> (root / "veri_test2.txt").read_text().splitlines()[0].startswith("1 id10001/")
+True
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import pytest
 import soundfile as sf
 
 from speakertrip.cli import main
-from speakertrip.commands.convert import convert_tree, find_ffmpeg
+from speakertrip.corpora.convert import convert_tree, find_ffmpeg
 from speakertrip.errors import SpeakertripError
 from speakertrip.testing import speech_like
 

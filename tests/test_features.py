@@ -6,7 +6,7 @@ from speechbrain.lobes.features import Fbank
 from speechbrain.processing.features import InputNormalization
 
 from speakertrip.errors import ConfigError
-from speakertrip.features import FeatureConfig, LogMelFrontend, kaldi_mel_banks
+from speakertrip.features import FeatureConfig, LogMelFrontend
 
 LENGTHS = torch.tensor([24000, 17001, 9999, 400])
 
@@ -120,7 +120,7 @@ def test_specaugment_masks_bands_inside_valid_frames(waves):
 def test_config_round_trip_and_errors():
     config = FeatureConfig.kaldi(n_mels=64)
     assert FeatureConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ConfigError, match="unknown feature config keys: n_mel, winlen"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) features.n_mel, features.winlen; valid keys in features"):
         FeatureConfig.from_dict({"n_mel": 80, "winlen": 400})
     with pytest.raises(ConfigError, match="mode 'htk'"):
         FeatureConfig(mode="htk")
@@ -128,12 +128,6 @@ def test_config_round_trip_and_errors():
         FeatureConfig(f_max=9000.0)
     with pytest.raises(ConfigError, match="win_length"):
         FeatureConfig(win_length=600)
-
-
-def test_kaldi_banks_match_torchaudio():
-    banks, _ = kaldi.get_mel_banks(40, 512, 16000.0, 20.0, 7600.0, 100.0, -500.0, 1.0)
-    torch.testing.assert_close(kaldi_mel_banks(40, 512, 16000, 20.0, 7600.0), torch.nn.functional.pad(banks, (0, 1)).T,
-                               rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -148,7 +148,6 @@ def test_resume_after_sigkill_reaches_the_same_weights(data, tmp_path):
 
 
 def test_validation_best_checkpoint_and_recorded_thresholds(data, tmp_path):
-    pytest.importorskip("speakertrip.scoring", reason="scoring module not available yet")
     exp = train(load_config(None, overrides(data, tmp_path / "exp", **{
         "data.dev": str(data["dev"]), "data.dev_trials": str(data["trials"]), "train.validate_every": 2})))
     records = read_records(exp)

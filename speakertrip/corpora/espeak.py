@@ -5,9 +5,9 @@ The shared library and voice data come from the PyPI package ``espeakng-loader``
 there is one engine per process (:func:`engine`); parallel synthesis uses a process pool.
 
 >>> from speakertrip.corpora.espeak import engine
->>> tts = engine()                                                     # doctest: +SKIP
->>> samples = tts.synthesize("hello there", language="en", variant="f3", pitch=60)  # doctest: +SKIP
->>> samples.dtype, tts.sample_rate                                     # doctest: +SKIP
+>>> tts = engine()
+>>> samples = tts.synthesize("hello there", language="en", variant="f3", pitch=60)
+>>> samples.dtype, tts.sample_rate
 (dtype('int16'), 22050)
 """
 

@@ -76,9 +76,13 @@ def _parse_row(text: str, path: Path, line_no: int) -> Utterance:
 def read_manifest(path: str | Path) -> list[Utterance]:
     """Read a JSONL manifest; a bad row or a repeated ``utt_id`` raises FormatError with file:line.
 
-    >>> utterances = read_manifest("data/vox1/train.jsonl")  # doctest: +SKIP
-    >>> utterances[0].spk_id                                  # doctest: +SKIP
-    'id10001'
+    >>> import tempfile
+    >>> from speakertrip.corpora.voxceleb import prepare_voxceleb
+    >>> from speakertrip.testing import make_voxceleb_tree
+    >>> paths = prepare_voxceleb(make_voxceleb_tree(tempfile.mkdtemp()), tempfile.mkdtemp(), progress=False)
+    >>> utterances = read_manifest(paths["train"])
+    >>> len(utterances), utterances[0].spk_id
+    (8, 'id10001')
     """
     path = Path(path)
     if not path.is_file():

@@ -64,9 +64,11 @@ def detect_format(fields: list[str]) -> str | None:
 def read_trials(path: str | os.PathLike, format: str | None = None) -> Trials:
     """Read a trial list; ``format`` is detected from the first line unless given.
 
-    >>> trials = read_trials("veri_test2.txt")   # doctest: +SKIP
-    >>> trials.format, len(trials), trials.n_targets  # doctest: +SKIP
-    ('voxceleb', 37611, 18802)
+    >>> import tempfile
+    >>> from speakertrip.testing import make_voxceleb_tree
+    >>> trials = read_trials(make_voxceleb_tree(tempfile.mkdtemp(), num_speakers=2, sessions=1) / "veri_test2.txt")
+    >>> trials.format, len(trials), trials.n_targets
+    ('voxceleb', 6, 2)
     """
     rows = TextRows(path, "trial list")
     if format is None:

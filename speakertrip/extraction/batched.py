@@ -9,12 +9,15 @@ time; other encoders run as they are inside :func:`exact_padding`. Long files ca
 equal chunks whose embeddings are averaged; leading and trailing silence can be trimmed by
 frame energy.
 
+>>> import tempfile
 >>> import speakertrip as st
->>> model = st.load_model("exp/run/model")                          # doctest: +SKIP
->>> model.embed("a.wav").shape                                      # doctest: +SKIP
+>>> from speakertrip.testing import make_voxceleb_tree, tiny_model_artifact
+>>> files = sorted((make_voxceleb_tree(tempfile.mkdtemp(), num_speakers=2) / "wav").rglob("*.wav"))
+>>> model = st.load_model(tiny_model_artifact())
+>>> model.embed(files[0]).shape
 (192,)
->>> model.embed_batch(["a.wav", "b.wav"], progress=True).shape      # doctest: +SKIP
-(2, 192)
+>>> model.embed_batch(files[:3]).shape
+(3, 192)
 """
 
 from __future__ import annotations
@@ -94,7 +97,10 @@ def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | No
     optimize : run an ECAPA encoder through its frozen inference copy (:mod:`speakertrip.models.inference_ecapa`,
         same embeddings to float32 rounding); False runs the model itself
 
-    >>> embed_many(model, ["a.wav", "b.wav"], trim_db=40).shape      # doctest: +SKIP
+    >>> from speakertrip.extraction import load_model
+    >>> from speakertrip.testing import speech_like, tiny_model_artifact
+    >>> model = load_model(tiny_model_artifact())
+    >>> embed_many(model, [speech_like(1, 1.5), speech_like(2, 0.8)], sample_rate=16000, trim_db=40).shape
     (2, 192)
     """
     model_rate = int(model.sample_rate)
@@ -188,7 +194,9 @@ def embed_one(model: nn.Module, x: Item, sample_rate: int | None = None, *, trim
               chunk_seconds: float | None = None) -> np.ndarray:
     """Embed one utterance (a path, or a 1-D/2-D array or tensor at ``sample_rate``); float32 (D,), unit norm.
 
-    >>> embed_one(model, "a.wav").shape                               # doctest: +SKIP
+    >>> from speakertrip.extraction import load_model
+    >>> from speakertrip.testing import speech_like, tiny_model_artifact
+    >>> embed_one(load_model(tiny_model_artifact()), speech_like(1, 1.0), sample_rate=16000).shape
     (192,)
     """
     if isinstance(x, (list, tuple)):

@@ -16,9 +16,10 @@ rounding, ~1e-6 on unit embeddings) for a padded batch as if every row ran alone
 :func:`inference_model` returns (and caches) the optimised copy of an ``EmbeddingNetwork`` whose
 encoder is ECAPA, or None for other encoders; :mod:`speakertrip.extraction.batched` uses it when it can.
 
->>> model = EmbeddingNetwork(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()  # doctest: +SKIP
->>> fast = inference_model(model)                                                         # doctest: +SKIP
->>> fast(torch.randn(2, 16000), torch.tensor([16000, 9000])).shape                        # doctest: +SKIP
+>>> from speakertrip.features import FeatureConfig
+>>> model = EmbeddingNetwork(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()
+>>> fast = inference_model(model)
+>>> fast(torch.randn(2, 16000), torch.tensor([16000, 9000])).shape
 torch.Size([2, 192])
 """
 
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speakertrip.models.embedding_model import weights_stamp
+from speakertrip.models.embedding_model import EmbeddingNetwork, weights_stamp
 
 
 def reflect_taps(lengths: torch.Tensor, frames: int, kernel_size: int, dilation: int) -> torch.Tensor:

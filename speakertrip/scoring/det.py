@@ -48,7 +48,12 @@ def plot_det(systems: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | o
 
     The EER point is marked with a circle and the minDCF point at ``p_target`` with a square.
 
-    >>> plot_det({"cosine": (scores, labels), "asnorm": (normed, labels)}, "det.png")  # doctest: +SKIP
+    >>> import tempfile
+    >>> rng = np.random.default_rng(0)
+    >>> labels = np.arange(200) % 2 == 0
+    >>> scores = rng.normal(labels * 2.0, 1.0)
+    >>> plot_det({"cosine": (scores, labels)}, tempfile.mkdtemp() + "/det.png").suffix
+    '.png'
     """
     import matplotlib
 

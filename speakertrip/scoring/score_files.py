@@ -37,9 +37,12 @@ class ScoreList:
 def read_scores(path: str | os.PathLike) -> ScoreList:
     """Read a score file; every line must have a label, or none may.
 
-    >>> scored = read_scores("scores.txt")      # doctest: +SKIP
-    >>> scored.scores[:2], scored.labels[:2]    # doctest: +SKIP
-    (array([0.71, 0.12]), array([ True, False]))
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "scores.txt"
+    >>> _ = path.write_text("a b 0.71 target\\na c 0.12 nontarget\\n")
+    >>> scored = read_scores(path)
+    >>> scored.scores.tolist(), scored.labels.tolist()
+    ([0.71, 0.12], [True, False])
     """
     rows = TextRows(path, "score file")
     width = len(rows.rows[0])
