@@ -17,6 +17,7 @@ rounding, ~1e-6 on unit embeddings) for a padded batch as if every row ran alone
 encoder is ECAPA, or None for other encoders; :mod:`speakertrip.extraction.batched` uses it when it can.
 
 >>> from speakertrip.features import FeatureConfig
+>>> from speakertrip.models import EmbeddingNetwork
 >>> model = EmbeddingNetwork(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()
 >>> fast = inference_model(model)
 >>> fast(torch.randn(2, 16000), torch.tensor([16000, 9000])).shape
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speakertrip.models.embedding_model import EmbeddingNetwork, weights_stamp
+from speakertrip.models.embedding_model import weights_stamp
 
 
 def reflect_taps(lengths: torch.Tensor, frames: int, kernel_size: int, dilation: int) -> torch.Tensor:
