@@ -8,7 +8,6 @@ from speakertrip.errors import ConfigError, FormatError, KeyNotFoundError
 from speakertrip.extraction.store import EmbeddingStore
 from speakertrip.scoring.cosine import _cosine_scores_torch
 from speakertrip.scoring.norm import _cohort_stats_torch
-from speakertrip.scoring.top_k import top_k_values
 
 
 def make_case(seed=0, utterances=30, dim=8, trials=80, cohort=40):
@@ -79,15 +78,6 @@ def test_asnorm_defaults_to_top_300_and_torch_path_agrees():
     default = scoring.normalize_scores(np.zeros(3), embeddings[:3], embeddings[3:6], cohort, "asnorm")
     explicit = scoring.normalize_scores(np.zeros(3), embeddings[:3], embeddings[3:6], cohort, "asnorm", top_k=300)
     np.testing.assert_array_equal(default, explicit)
-
-
-@pytest.mark.parametrize("rows, width, k", [(64, 6000, 300), (40, 1000, 7), (10, 100, 60), (5, 9, 9)])
-def test_top_k_values_are_exact_with_ties(rows, width, k):
-    rng = np.random.default_rng(k)
-    scores = rng.normal(size=(rows, width)).astype(np.float32)
-    scores[:, ::3] = np.round(scores[:, ::3], 1)
-    scores[0] = 0.5  # a row of one value: every sample threshold ties
-    np.testing.assert_array_equal(np.sort(top_k_values(scores, k), axis=1), np.sort(scores, axis=1)[:, width - k:])
 
 
 def test_speaker_mean_cohort():

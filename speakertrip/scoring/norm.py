@@ -8,7 +8,7 @@ cohort, or only the ``top_k`` highest for the adaptive variants. For a trial (e,
 - snorm: ``(znorm + tnorm) / 2`` over the whole cohort;  asnorm: the same over the top-k.
 
 Statistics are matrix products over the distinct keys only, computed in chunks; the top-k is
-exact (:mod:`speakertrip.scoring.top_k` on CPU, ``torch.topk`` on a GPU).
+exact (``np.partition`` on CPU, ``torch.topk`` on a GPU).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from speakertrip.errors import ConfigError
 from speakertrip.scoring.cosine import TrialEmbeddings, l2_normalize
-from speakertrip.scoring.top_k import top_k_values
 
 NORM_METHODS = ("znorm", "tnorm", "snorm", "asnorm")
 DEFAULT_TOP_K = 300  # AS-norm cohort size, as WeSpeaker's VoxCeleb recipe
@@ -64,7 +63,7 @@ def cohort_stats(embeddings: np.ndarray, cohort: np.ndarray, top_k: int | None =
 
     def chunk_stats(start: int) -> tuple[np.ndarray, np.ndarray]:
         scores = unit[start:start + chunk_size] @ cohort_t
-        top = scores if top_k is None else top_k_values(scores, top_k)
+        top = scores if top_k is None else np.partition(scores, scores.shape[1] - top_k, axis=1)[:, -top_k:]
         return top.mean(axis=1, dtype=np.float64), top.std(axis=1, dtype=np.float64)
 
     starts = range(0, len(unit), chunk_size)
