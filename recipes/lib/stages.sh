@@ -110,6 +110,7 @@ step() {
 # launch COMMAND ...: `speakertrip COMMAND ...`, one process per GPU under torchrun when --gpus > 1
 launch() {
   if (( gpus > 1 )); then
+    command -v torchrun > /dev/null || die "--gpus $gpus runs torchrun, which is not on PATH (it comes with PyTorch)"
     torchrun --standalone --nproc_per_node "$gpus" -m speakertrip "$@"
   else
     speakertrip "$@"
