@@ -76,5 +76,5 @@ fi
 if selected 6 "report"; then
   rows=()
   for protocol in $protocols; do rows+=("$config_name, CNC-Eval $protocol:CNC-Eval-$protocol.cosine:CNC-Eval-$protocol.asnorm"); done
-  report_stage "recipes/cnceleb/run.sh --config conf/$config_name.yaml$(as_arguments "${overrides[@]}")" "${rows[@]}"
+  report_stage "${rows[@]}"
 fi

@@ -54,6 +54,11 @@ parse_options() {
   [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || die "--stage and --stop-stage take stage numbers"
   [[ $gpus =~ ^[1-9][0-9]*$ ]] || die "--gpus takes a number of GPUs (1 or more), got '$gpus'"
   [[ -z $average || $average =~ ^[1-9][0-9]*$ ]] || die "--average takes a number of snapshots, got '$average'"
+  # the command a results row names: what decides its numbers
+  invocation="recipes/${recipe_dir##*/}/run.sh --config $(quoted "$config")${exp:+ --exp $(quoted "$exp")}"
+  invocation+=${average:+ --average $average}
+  if [[ $top_k != 300 ]]; then invocation+=" --top-k $top_k"; fi
+  invocation+=$(as_arguments "${overrides[@]}")
   if [[ ! -f $config && -f $recipe_dir/$config ]]; then config=$recipe_dir/$config; fi
   [[ -f $config ]] || die "--config $config: no such file"
   exp=${exp:-exp/$(basename "$config" .yaml)}
@@ -190,30 +195,29 @@ result_cells() {
   printf '%s' "$cells"
 }
 
-# report_stage COMMAND LABEL:COSINE:ASNORM ...: one results-table row per LABEL in EXP/results.md,
-# from the score files EXP/scores/{COSINE,ASNORM}.txt; COMMAND is the row's last cell. Also
+# report_stage LABEL:COSINE:ASNORM ...: one results-table row per LABEL in EXP/results.md, from the
+# score files EXP/scores/{COSINE,ASNORM}.txt, ending with the recipe command that made it. Also
 # writes the metrics of every score file (EXP/metrics.json) and their DET curves (EXP/det.png).
 report_stage() {
-  local command=$1 row label cosine asnorm cells systems=() rows=()
-  shift
+  local row label cosine asnorm cells systems=() rows=()
   for row in "$@"; do
     IFS=: read -r label cosine asnorm <<< "$row"
     systems+=("$exp/scores/$cosine.txt" "$exp/scores/$asnorm.txt")
   done
-  if ! is_done "$exp/.done/report" "${systems[@]}" -- report "$command" "$@"; then
+  if ! is_done "$exp/.done/report" "${systems[@]}" -- report "$invocation" "$@"; then
     log "\$ speakertrip metrics $(quoted "${systems[@]}") --json --det $exp/det.png > $exp/metrics.json"
     speakertrip metrics "${systems[@]}" --json --det "$exp/det.png" > "$exp/metrics.json"
     for row in "$@"; do
       IFS=: read -r label cosine asnorm <<< "$row"
       cells=$(result_cells "$exp/metrics.json" "$exp/scores/$cosine.txt" "$exp/scores/$asnorm.txt")
-      rows+=("| $label | $cells | \`$command\` |")
+      rows+=("| $label | $cells | \`$invocation\` |")
     done
     {
       echo "| config | EER (%) | minDCF(0.01) | EER (%) + AS-norm | minDCF(0.01) + AS-norm | command |"
       echo "|---|---|---|---|---|---|"
       printf '%s\n' "${rows[@]}"
     } > "$exp/results.md"
-    mark_done "$exp/.done/report" report "$command" "$@"
+    mark_done "$exp/.done/report" report "$invocation" "$@"
   fi
   log "results, $exp/results.md:"
   cat "$exp/results.md"

@@ -81,5 +81,5 @@ fi
 if selected 6 "report"; then
   rows=()
   for name in $trials; do rows+=("$config_name, $name:$name.cosine:$name.asnorm"); done
-  report_stage "recipes/voxceleb/run.sh --config conf/$config_name.yaml$(as_arguments "${overrides[@]}")" "${rows[@]}"
+  report_stage "${rows[@]}"
 fi
