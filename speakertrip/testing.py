@@ -1,4 +1,4 @@
-"""Tiny corpora for tests and bug reports: speech-like wav trees in the VoxCeleb layout, bad files.
+"""Tiny corpora for tests and bug reports: speech-like trees in the VoxCeleb and CN-Celeb layouts, bad files.
 
 >>> import tempfile
 >>> from speakertrip.testing import make_voxceleb_tree
@@ -82,6 +82,76 @@ def make_voxceleb_tree(root: str | Path, num_speakers: int = 4, sessions: int = 
         lines = [f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}"
                  for i, a in enumerate(held_out) for b in held_out[i + 1:]]
         (root / "veri_test2.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _speaker_flacs(folder: Path, speaker: int, names: list[str], duration: tuple[float, float], sample_rate: int,
+                   rng: np.random.Generator) -> list[np.ndarray]:
+    """Write ``folder/<name>.flac`` of ``speaker`` for each name; returns the signals."""
+    folder.mkdir(parents=True, exist_ok=True)
+    signals = [speech_like(speaker, rng.uniform(*duration), sample_rate, int(rng.integers(1 << 31))) for _ in names]
+    for name, signal in zip(names, signals):
+        sf.write(folder / f"{name}.flac", signal, sample_rate, subtype="PCM_16")
+    return signals
+
+
+def make_cnceleb_tree(root: str | Path, num_speakers: int = 6, eval_speakers: int = 2, genres: tuple[str, ...] =
+                      ("interview", "singing"), utterances_per_genre: int = 2, enroll_utterances: int = 2,
+                      duration: tuple[float, float] = (1.0, 2.0), sample_rate: int = 16000, seed: int = 0,
+                      enroll_map: bool = True) -> Path:
+    """Write a CN-Celeb1-shaped tree (as released on OpenSLR 82) of FLAC files; returns ``root``.
+
+    Speakers ``id00000``, ``id00001``, ... each get ``data/<spk>/<genre>-01-<nnn>.flac``; the first
+    ``num_speakers - eval_speakers`` are listed in ``dev/dev.lst``. Each evaluation speaker's first
+    ``enroll_utterances`` files are concatenated into ``eval/enroll/<spk>-enroll.flac`` (listed in
+    ``enroll.lst`` and, with ``enroll_map``, in ``enroll.map``); its other files are copied to
+    ``eval/test/<spk>-<file>.flac`` (``test.lst``); ``trials.lst`` pairs every enrolment with every
+    test file (``<spk>-enroll test/<file> 1|0``).
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    names = [f"{genre}-01-{n:03d}" for genre in genres for n in range(1, utterances_per_genre + 1)]
+    if not 0 < enroll_utterances < len(names):
+        raise ValueError(f"enroll_utterances must leave test files: 0 < {enroll_utterances} < {len(names)}")
+    speakers = [f"id{number:05d}" for number in range(num_speakers)]
+    lists = root / "eval" / "lists"
+    for folder in (root / "dev", root / "eval" / "enroll", root / "eval" / "test", lists):
+        folder.mkdir(parents=True, exist_ok=True)
+    (root / "dev" / "dev.lst").write_text("".join(f"{spk}\n" for spk in speakers[:num_speakers - eval_speakers]))
+    enroll: list[str] = []
+    tests: list[tuple[str, str]] = []
+    mapped: list[str] = []
+    for number, speaker in enumerate(speakers):
+        signals = _speaker_flacs(root / "data" / speaker, 2000 + number + 1000 * seed, names, duration,
+                                 sample_rate, rng)
+        if number < num_speakers - eval_speakers:
+            continue
+        sf.write(root / "eval" / "enroll" / f"{speaker}-enroll.flac", np.concatenate(signals[:enroll_utterances]),
+                 sample_rate, subtype="PCM_16")
+        enroll.append(speaker)
+        mapped.append(f"{speaker}-enroll " + " ".join(f"{speaker}/{name}.flac" for name in names[:enroll_utterances]))
+        for name, signal in zip(names[enroll_utterances:], signals[enroll_utterances:]):
+            sf.write(root / "eval" / "test" / f"{speaker}-{name}.flac", signal, sample_rate, subtype="PCM_16")
+            tests.append((speaker, f"test/{speaker}-{name}.flac"))
+    (lists / "enroll.lst").write_text("".join(f"{spk}-enroll enroll/{spk}-enroll.flac\n" for spk in enroll))
+    (lists / "test.lst").write_text("".join(f"{test}\n" for _, test in tests))
+    (lists / "trials.lst").write_text("".join(f"{spk}-enroll {test} {int(spk == owner)}\n"
+                                              for spk in enroll for owner, test in tests))
+    if enroll_map:
+        (lists / "enroll.map").write_text("".join(f"{line}\n" for line in mapped))
+    return root
+
+
+def make_cnceleb2_tree(root: str | Path, num_speakers: int = 3, utterances: int = 4,
+                       duration: tuple[float, float] = (1.0, 2.0), sample_rate: int = 16000, seed: int = 0) -> Path:
+    """Write a CN-Celeb2-shaped tree: ``data/id1NNNN/<genre>-01-<nnn>.flac`` and ``spk.lst``; returns ``root``."""
+    root = Path(root)
+    rng = np.random.default_rng(seed + 1)
+    speakers = [f"id{10000 + number:05d}" for number in range(num_speakers)]
+    for number, speaker in enumerate(speakers):
+        _speaker_flacs(root / "data" / speaker, 3000 + number + 1000 * seed,
+                       [f"vlog-01-{n:03d}" for n in range(1, utterances + 1)], duration, sample_rate, rng)
+    (root / "spk.lst").write_text("".join(f"{speaker}\n" for speaker in speakers))
     return root
 
 

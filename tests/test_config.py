@@ -10,7 +10,7 @@ import torch
 
 from speakertrip.errors import ConfigError, FormatError
 from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint, save_checkpoint
-from speakertrip.training.config import ScheduleConfig, TrainConfig, load_config, parse_overrides, save_config
+from speakertrip.training.config import ScheduleConfig, TrainConfig, load_config, save_config
 from speakertrip.training.metrics_log import MetricsLog
 from speakertrip.training.schedule import learning_rate
 
@@ -57,7 +57,8 @@ def test_resolved_config_round_trip(config_file, tmp_path):
     ("--features.bogus=1", r"unknown key\(s\) features.bogus; valid keys in features: sample_rate"),
     ("--features.mode=mfcc", r"section 'features': invalid feature config: mode 'mfcc'"),
     ("--optim.name=lamb", r"key 'optim.name' must be one of adam, adamw, sgd, not 'lamb'"),
-    ("--model=ecapa", r"override '--model=ecapa' is not of the form --section.key=value"),
+    ("--model=ecapa", r"section 'model' must be a mapping, got str"),
+    ("model.encoder=ecapa", r"override 'model.encoder=ecapa' is not of the form --section.key=value"),
     ("--model.options.channels=[1,", r"the value is not valid YAML"),
 ])
 def test_bad_overrides_name_the_key(config_file, override, message):
@@ -78,10 +79,6 @@ def test_bad_file_names_the_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match=r"missing.yaml: no such config file"):
         load_config(tmp_path / "missing.yaml")
-
-
-def test_parse_overrides_nests():
-    assert parse_overrides(["--a.b.c=1", "--a.b.d=x", "--a.e=[1, 2]"]) == {"a": {"b": {"c": 1, "d": "x"}, "e": [1, 2]}}
 
 
 def test_cosine_schedule_against_formula():

@@ -11,6 +11,7 @@ import importlib
 
 CORPORA: tuple[str, ...] = (
     "voxceleb",
+    "cnceleb",
     "synth",
 )
 

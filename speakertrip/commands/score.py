@@ -18,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--embeddings", required=True, help="embedding store: EMB.npz or a directory")
     parser.add_argument("--out", metavar="SCORES.txt",
                         help="write 'ENROLL TEST SCORE [LABEL]' lines here (unlabeled lists without --out: stdout)")
+    parser.add_argument("--enroll-map", metavar="MAP",
+                        help="'ENROLL_ID KEY [KEY ...]' lines: trials may name an ENROLL_ID, scored with the mean "
+                             "of its files' embeddings (CN-Celeb's multi-file enrolment, Kaldi's spk2utt)")
     parser.add_argument("--skip-missing", action="store_true",
                         help="drop trials whose keys are not in the store (the count is printed)")
     norm = parser.add_argument_group("score normalisation")
@@ -45,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         trial_embeddings,
         write_scores,
     )
+    from speakertrip.scoring.enrolment import read_enrolment_map, with_enrolment_models
 
     if bool(args.norm) != bool(args.cohort):
         raise ConfigError("--norm and --cohort go together: a normalisation needs a cohort, and a cohort a --norm")
@@ -53,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
         raise FormatError("--det and --bootstrap need a labelled trial list", args.trials)
     calibration = Calibration.load(args.calibration) if args.calibration else None
     store = load_store(args.embeddings)
+    if args.enroll_map:
+        store = with_enrolment_models(store, read_enrolment_map(args.enroll_map), args.enroll_map)
     cohort = load_cohort(args.cohort, args.cohort_speaker_means) if args.cohort else None
     if cohort is not None and cohort.dim != store.dim:
         raise FormatError(f"embeddings of different dimension: {store.dim} in {args.embeddings}, "

@@ -1,6 +1,7 @@
 """`speakertrip train CONFIG.yaml [--resume] [--section.key=value ...]`: train an encoder.
 
-Overrides after the config win over the file (``--optim.lr=1e-3 --model.options.channels=1024``).
+Overrides after the config win over the file (``--optim.lr=1e-3 --model.options.channels=1024``);
+see OVERRIDES below (``--augment=null``, ``--path+={mapping}``).
 Under ``torchrun --nproc_per_node N -m speakertrip train CONFIG`` every process runs this command.
 """
 
@@ -9,11 +10,27 @@ from __future__ import annotations
 import argparse
 
 
+OVERRIDES = """\
+overrides (applied in order, values are YAML):
+  --section.key=value     set one key: --optim.lr=1e-3, --data.dev=null, --train.epochs=20
+  --section.key={...}     a mapping REPLACES the file's mapping:
+                          --augment.weights={none: 1.0} leaves no reverb/noise weight behind
+  --section.key+={...}    MERGE into the file's mapping instead:
+                          --model.options+={channels: 1024} keeps embedding_dim
+  --section.key.sub=value a path reaches into a mapping, keeping its other keys:
+                          --model.options.channels=1024
+  --augment=null          switch an optional section off (here: no augmentation,
+                          no MUSAN/RIRS_NOISES needed)
+
+example: speakertrip train recipes/voxceleb/conf/ecapa_triplet.yaml --train.epochs=20 --augment=null
+"""
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train an encoder with a triplet (or AAM) loss",
         description="Train an encoder as CONFIG says; overrides like --optim.lr=1e-3 follow the config.",
-        epilog="example: speakertrip train recipes/voxceleb/conf/ecapa_triplet.yaml --train.epochs=20")
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=OVERRIDES)
     parser.add_argument("config", help="YAML config (sections data, features, augment, model, loss, optim, "
                                        "schedule, train)")
     parser.add_argument("--resume", action="store_true",

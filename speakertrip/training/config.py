@@ -2,9 +2,12 @@
 
 Every section is a dataclass; unknown keys and values of the wrong type fail with a
 :class:`ConfigError` naming the key (``loss.margn``) and the valid keys. Command-line overrides
-win over the file; their values are parsed as YAML (``--optim.lr=2e-3``, ``--model.options={channels: 64}``,
-``--data.dev=null``). Free-form option mappings (``model.options``, ``loss.options``) are
-checked by the encoder and loss builders, which also reject unknown names.
+win over the file; their values are parsed as YAML (``--optim.lr=2e-3``, ``--data.dev=null``).
+A value replaces what its path names: ``--model.options={channels: 64}`` replaces the file's
+options, ``--model.options.channels=64`` or ``--model.options+={channels: 64}`` (merge) keep the
+others; ``--augment=null`` switches the optional ``augment`` section off. Free-form option
+mappings (``model.options``, ``loss.options``) are checked by the encoder and loss builders,
+which also reject unknown names.
 
 >>> config = load_config(None, ["--train.steps=10", "--data.train=train.jsonl"])
 >>> config.train.steps, config.loss.kind
@@ -14,6 +17,7 @@ checked by the encoder and loss builders, which also reject unknown names.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -136,35 +140,87 @@ class TrainConfig:
 
 
 
-def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
-    """``["--optim.lr=0.01", "--model.options.channels=64"]`` → a nested dict of YAML-parsed values."""
-    nested: dict[str, Any] = {}
+@dataclass(frozen=True)
+class Override:
+    """One ``--path=value`` from the command line; ``merge`` for ``--path+=mapping``."""
+
+    path: tuple[str, ...]
+    value: Any
+    merge: bool = False
+    text: str = ""
+
+
+def parse_overrides(arguments: Sequence[str]) -> list[Override]:
+    """``["--optim.lr=0.01", "--augment=null", "--loss.options+={margin: 0.2}"]`` → :class:`Override` s.
+
+    Values are YAML. ``--section=null`` switches an optional section off; ``--path+={...}`` merges a
+    mapping into the one already there instead of replacing it.
+
+    >>> [(o.path, o.value, o.merge) for o in parse_overrides(["--augment=null", "--model.options+={channels: 64}"])]
+    [(('augment',), None, False), (('model', 'options'), {'channels': 64}, True)]
+    """
+    parsed = []
     for argument in arguments:
-        if not argument.startswith("--") or "=" not in argument or "." not in argument.split("=", 1)[0]:
-            raise ConfigError(f"override {argument!r} is not of the form --section.key=value")
-        path, text = argument[2:].split("=", 1)
+        name, equals, text = argument[2:].partition("=")
+        merge = name.endswith("+")
+        path = tuple(name.removesuffix("+").split("."))
+        if not argument.startswith("--") or not equals or not all(path):
+            raise ConfigError(f"override {argument!r} is not of the form --section.key=value, --section=null "
+                              "or --section.key+={mapping} (merge)")
         try:
             value = yaml.safe_load(text) if text else ""
         except yaml.YAMLError as error:
             raise ConfigError(f"override {argument!r}: the value is not valid YAML ({error})") from None
-        *parents, last = path.split(".")
-        target = nested
-        for parent in parents:
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"override {argument!r} conflicts with another override of {parent!r}")
-        target[last] = value
-    return nested
+        if merge and not isinstance(value, Mapping):
+            raise ConfigError(f"override {argument!r}: += merges a mapping ({{key: value, ...}}), "
+                              f"got {type(value).__name__} {value!r}")
+        parsed.append(Override(path, value, merge, argument))
+    return parsed
 
 
-def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+def _merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, mappings recursively (neither input is changed)."""
     merged = dict(base)
-    for key, value in overrides.items():
+    for key, value in extra.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
+            merged[key] = _merge(merged[key], value)
         else:
             merged[key] = value
     return merged
+
+
+def _optional_sections() -> tuple[str, ...]:
+    hints = typing.get_type_hints(TrainConfig)
+    return tuple(name for name, kind in hints.items() if type(None) in typing.get_args(kind))
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: Sequence[Override]) -> dict[str, Any]:
+    """The config values with each override applied in order: the value replaces what its path names.
+
+    A path walks into the file's sections (``--model.options.channels=64`` keeps the other options);
+    a section switched off (``null``) comes back with only the keys given after it.
+    """
+    result = dict(values)
+    for override in overrides:
+        target = result
+        for depth, key in enumerate(override.path[:-1]):
+            inner = target.get(key)
+            if inner is None:
+                inner = {}
+            elif not isinstance(inner, Mapping):
+                raise ConfigError(f"override {override.text!r}: {'.'.join(override.path[:depth + 1])} is "
+                                  f"{inner!r}, not a section")
+            target[key] = dict(inner)
+            target = target[key]
+        last = override.path[-1]
+        if override.value is None and len(override.path) == 1 and last not in _optional_sections():
+            raise ConfigError(f"override {override.text!r}: section {last!r} cannot be switched off; "
+                              f"optional sections: {', '.join(_optional_sections())}")
+        if override.merge and isinstance(target.get(last), Mapping):
+            target[last] = _merge(target[last], override.value)
+        else:
+            target[last] = override.value
+    return result
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -182,7 +238,10 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Train
         if not isinstance(values, Mapping):
             raise ConfigError(f"{path}: expected a mapping of sections (data, model, loss, ...)")
         source = str(path) + (" + command line" if overrides else "")
-    return TrainConfig.from_dict(_merge(dict(values), parse_overrides(overrides)), source)
+    defaults = TrainConfig().to_dict()  # so that a path like --loss.options.margin reaches a default mapping
+    values = {name: {**defaults[name], **section} if isinstance(defaults.get(name), dict)
+              and isinstance(section, Mapping) else section for name, section in {**defaults, **values}.items()}
+    return TrainConfig.from_dict(apply_overrides(values, parse_overrides(overrides)), source)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:

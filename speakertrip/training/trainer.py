@@ -16,6 +16,7 @@ PosixPath('exp/ecapa_triplet')
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -116,7 +117,10 @@ class Trainer:
                                  num_replicas=distributed.world_size, rank=distributed.rank,
                                  batches_per_epoch=config.data.batches_per_epoch,
                                  short_speakers=config.data.short_speakers)
-        workers = config.data.workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = min(config.data.workers, cores)
+        if workers < config.data.workers and distributed.is_main:
+            print(f"data.workers {config.data.workers} lowered to {workers}: the cores this process may use")
         self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate_crops,
                                  num_workers=workers, pin_memory=device.type == "cuda",
                                  prefetch_factor=4 if workers else None,
