@@ -1,13 +1,16 @@
 """Benchmark: `speakertrip serve` under concurrent verify requests, beside ``Verifier.verify`` in process; then a soak.
 
 1. ``--files`` utterances of 3 s (16 kHz int16 wav, speech-like voices), one speaker enrolled
-   from three more. In process: ``Verifier.verify`` called sequentially on the files for
-   ``--seconds`` (the rate a script gets without a service). Served: ``speakertrip serve`` on
-   loopback (no access log), then 1, 8 and 32 concurrent clients posting ``/speakers/alice/verify``
-   for ``--seconds`` each, after a short warm-up. The clients are a minimal asyncio HTTP/1.1 load
-   generator (requests built once, kept-alive connections) so that they take little of the CPU the
-   server is measured on. Every answer's score must equal the in-process score of its file (1e-4).
-   Prints req/s, p50/p95/p99 latency, errors, and the ratio to the in-process rate.
+   from three more. Served: ``speakertrip serve`` on loopback (no access log) with 1, 8 and 32
+   concurrent clients posting ``/speakers/alice/verify``; in process: ``Verifier.verify`` called
+   sequentially on the same files (the rate a script gets without a service). The two alternate in
+   ``--rounds`` rounds per level, ``--seconds`` in all for each, so that the load of a shared machine
+   hits both alike. The clients are a minimal asyncio HTTP/1.1 load generator (requests built once,
+   kept-alive connections) so that they take little of the CPU the server is measured on. Every
+   answer's score must equal the in-process score of its file (1e-4). Prints req/s beside the
+   in-process rate, their ratio, p50/p95/p99 latency, errors, and CPU milliseconds per request
+   (server process and children, from /proc) beside CPU per in-process verification: the CPU
+   figures hardly depend on what else the machine runs.
 2. Soak: ``--soak`` enrolments from ``--soak-clients`` concurrent clients into a fresh store
    served by ``--soak-workers`` processes; every ``--bad-every``-th upload is corrupt (the kinds of
    ``speakertrip.testing.write_bad_audio``) and must get a 400; the store must then hold exactly the
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -104,45 +108,68 @@ class Server:
         return self.process.wait(60)
 
 
+@dataclass
+class Tally:
+    """What one system did in the measured time: completions, wall and CPU seconds, latencies, failures."""
+
+    done: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    latencies: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    wrong: int = 0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(np.array(self.latencies) * 1000, q)) if self.latencies else float("nan")
+
+
 async def load(port: int, messages: list[tuple[str, bytes]], clients: int, seconds: float,
-               expected: dict[str, float], warmup: float = 1.0) -> dict:
-    """``clients`` connections posting ``messages`` round-robin for ``seconds`` (after ``warmup``)."""
-    latencies, errors, wrong = [], [], 0
+               expected: dict[str, float], tally: Tally, warmup: float) -> int:
+    """``clients`` connections posting ``messages`` round-robin for ``seconds`` after ``warmup``; returns every
+    completed request, warm-up included (for CPU per request)."""
     start = time.perf_counter() + warmup
     stop = start + seconds
+    completed = 0
 
     async def client(number: int) -> None:
-        nonlocal wrong
+        nonlocal completed
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         index = number
-        while True:
+        while (sent := time.perf_counter()) < stop:
             key, message = messages[index % len(messages)]
             index += clients
-            sent = time.perf_counter()
-            if sent >= stop:
-                break
             try:
                 status, answer = await exchange(reader, writer, message)
             except (OSError, asyncio.IncompleteReadError, ValueError) as error:
-                errors.append(repr(error))
+                tally.errors.append(repr(error))
                 writer.close()
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 continue
+            completed += 1
             if sent < start:
                 continue
-            latencies.append(time.perf_counter() - sent)
+            tally.done += 1
+            tally.latencies.append(time.perf_counter() - sent)
             if status != 200:
-                errors.append(f"{status} {answer}")
+                tally.errors.append(f"{status} {answer}")
             elif abs(answer["score"] - expected[key]) > 1e-4:
-                wrong += 1
+                tally.wrong += 1
         writer.close()
 
     await asyncio.gather(*(client(i) for i in range(clients)))
-    elapsed = max(time.perf_counter(), stop) - start
-    ms = np.array(latencies) * 1000
-    return {"requests": len(latencies), "rate": len(latencies) / elapsed, "errors": len(errors), "wrong": wrong,
-            "p50": np.percentile(ms, 50), "p95": np.percentile(ms, 95), "p99": np.percentile(ms, 99),
-            "first_error": errors[0] if errors else ""}
+    tally.seconds += max(time.perf_counter(), stop) - start
+    return completed
+
+
+def sequential(verifier, paths: list[Path], seconds: float, tally: Tally) -> None:
+    """``Verifier.verify`` on ``paths`` in turn for ``seconds``, in this process."""
+    count, cpu, started = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        verifier.verify("alice", paths[(tally.done + count) % len(paths)])
+        count += 1
+    tally.done += count
+    tally.seconds += time.perf_counter() - started
+    tally.cpu += time.process_time() - cpu
 
 
 async def soak(port: int, uploads: list[tuple[str, bool, bytes]], clients: int) -> tuple[int, list[str]]:
@@ -166,19 +193,24 @@ async def soak(port: int, uploads: list[tuple[str, bool, bytes]], clients: int) 
     return len(unexpected), unexpected[:3]
 
 
-def sequential_rate(verifier, paths: list[Path], seconds: float) -> float:
-    """Verifications per second of ``Verifier.verify`` called on ``paths`` in turn for ``seconds``."""
-    count, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        verifier.verify("alice", paths[count % len(paths)])
-        count += 1
-    return count / (time.perf_counter() - started)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and its children (Linux /proc), seconds."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=Path("demo_out/exp/model"), help="model artifact")
-    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level and system")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of the two systems per level")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--files", type=int, default=32, help="distinct 3 s test files")
     parser.add_argument("--workers", type=int, default=1, help="server processes for the load test")
@@ -205,25 +237,30 @@ def main() -> None:
     verifier = Verifier(model, store=work / "load.db", threshold=model.threshold if model.threshold is not None else 0.5)
     verifier.enroll("alice", [speech_like(1, 3.0, seed=seed) for seed in range(3)], sample_rate=16000)
     expected = {path.name: verifier.verify("alice", path).score for path in paths}  # also warms up
-    before = sequential_rate(verifier, paths, args.seconds)
-    print(f"in process, sequential Verifier.verify: {before:.1f} verifications/s")
-
+    verifier.store.close()
+    verifier = Verifier(model, store=work / "load.db", threshold=verifier.threshold)  # reads while the server runs
     server = Server(args.model, work / "load.db", args.workers, work / "load.log")
     messages = [(p.name, request("/speakers/alice/verify", p.name, p.read_bytes(), server.port)) for p in paths]
-    print(f"\nspeakertrip serve, {args.workers} worker(s), POST /speakers/alice/verify with 3 s of audio")
-    print(f"{'clients':>7} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'errors':>6} "
-          f"{'wrong':>5} {'vs in-process':>13}")
+    print(f"speakertrip serve ({args.workers} worker(s)): POST /speakers/alice/verify with 3 s of audio, alternating "
+          f"with in-process sequential Verifier.verify in {args.rounds} rounds per level\n")
+    print(f"{'clients':>7} {'requests':>8} {'req/s':>7} {'in-proc/s':>9} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} "
+          f"{'p99 ms':>7} {'errors':>6} {'wrong':>5} {'CPU ms/req':>10} {'in-proc CPU ms':>14}")
     results = {}
     for clients in args.clients:
-        result = results[clients] = asyncio.run(load(server.port, messages, clients, args.seconds, expected))
-        print(f"{clients:>7} {result['requests']:>8} {result['rate']:>7.1f} {result['p50']:>7.0f} {result['p95']:>7.0f} "
-              f"{result['p99']:>7.0f} {result['errors']:>6} {result['wrong']:>5} {result['rate'] / before:>12.2f}x"
-              + (f"  first error: {result['first_error']}" if result["errors"] else ""))
+        served, alone, served_all = Tally(), Tally(), 0
+        for _ in range(args.rounds):  # load on a shared machine changes: let it hit both systems alike
+            sequential(verifier, paths, args.seconds / args.rounds, alone)
+            cpu = cpu_seconds(server.process.pid)
+            served_all += asyncio.run(load(server.port, messages, clients, args.seconds / args.rounds, expected,
+                                           served, warmup=0.5))
+            served.cpu += cpu_seconds(server.process.pid) - cpu
+        rate, base = served.done / served.seconds, alone.done / alone.seconds
+        results[clients] = (served, rate / base)
+        print(f"{clients:>7} {served.done:>8} {rate:>7.1f} {base:>9.1f} {rate / base:>5.2f}x {served.percentile(50):>7.0f} "
+              f"{served.percentile(95):>7.0f} {served.percentile(99):>7.0f} {len(served.errors):>6} {served.wrong:>5} "
+              f"{1000 * served.cpu / max(served_all, 1):>10.1f} {1000 * alone.cpu / alone.done:>14.1f}"
+              + (f"  first error: {served.errors[0]}" if served.errors else ""))
     server.stop()
-    after = sequential_rate(verifier, paths, args.seconds)
-    in_process = max(before, after)
-    ratios = ", ".join(f"{clients} clients {result['rate'] / in_process:.2f}x" for clients, result in results.items())
-    print(f"in process again: {after:.1f} verifications/s; ratios to the higher of the two: {ratios}")
 
     soak_ok = True
     if args.soak:
@@ -251,10 +288,11 @@ def main() -> None:
               f"{unexpected}{' ' + str(notes) if notes else ''}; store holds {len(held)} speakers, "
               f"exactly the {len(good)} good ones: {'yes' if held == good else 'NO'}")
 
-    top = results.get(32) or results[max(results)]
-    targets = [("0 errors and 0 wrong scores", all(r["errors"] == 0 and r["wrong"] == 0 for r in results.values())),
-               (f"throughput at {max(results)} clients >= 1.3x in-process", top["rate"] >= 1.3 * in_process),
-               (f"p99 at {max(results)} clients < 2 s", top["p99"] < 2000), ("soak store exact", soak_ok)]
+    most = max(results)
+    top, ratio = results[most]
+    targets = [("0 errors and 0 wrong scores", all(not r.errors and not r.wrong for r, _ in results.values())),
+               (f"throughput at {most} clients >= 1.3x in-process", ratio >= 1.3),
+               (f"p99 at {most} clients < 2 s", top.percentile(99) < 2000), ("soak store exact", soak_ok)]
     print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets))
 
 
