@@ -1,6 +1,7 @@
 """The cross-request batcher: concurrent callers share forward passes and get their own rows back."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -22,11 +23,12 @@ def _call_together(batcher, jobs):
     results, start = [None] * len(jobs), threading.Barrier(len(jobs))
 
     def call(index):
-        start.wait()
-        try:
-            results[index] = batcher.embed(jobs[index])
-        except Exception as error:  # noqa: BLE001 - compared below
-            results[index] = error
+        with batcher.coming():  # as the service does while it decodes the upload
+            start.wait()
+            try:
+                results[index] = batcher.embed(jobs[index])
+            except Exception as error:  # noqa: BLE001 - compared below
+                results[index] = error
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(jobs))]
     for thread in threads:
@@ -57,9 +59,12 @@ def test_a_job_that_cannot_be_embedded_fails_alone(model, one_thread):
         assert np.abs(result - embed_many(model, job, sample_rate=16000)).max() < 1e-5
 
 
-def test_closed_batcher_finishes_queued_jobs_then_refuses(model):
-    batcher = EmbeddingBatcher(model, window=0.0)
-    assert batcher.embed([speech_like(1, 0.5)]).shape == (1, 192)
+def test_a_lone_job_does_not_wait_for_the_window_and_close_refuses_later_jobs(model):
+    batcher = EmbeddingBatcher(model, window=60.0)
+    started = time.monotonic()
+    with batcher.coming():
+        assert batcher.embed([speech_like(1, 0.5)]).shape == (1, 192)
+    assert time.monotonic() - started < 30  # nobody else announced: no collection delay
     batcher.close()
     with pytest.raises(RuntimeError, match="closed"):
         batcher.embed([speech_like(1, 0.5)])

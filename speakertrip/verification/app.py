@@ -35,7 +35,7 @@ from speakertrip.verification.service import LimitError, ServiceSettings, Speake
 SETTINGS_VARIABLE = "SPEAKERTRIP_SERVE_SETTINGS"  # how `speakertrip serve` hands its settings to workers
 PUBLIC_PATHS = frozenset({"/health", "/", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 STATUS = ((AudioError, 400), (KeyNotFoundError, 404), (LimitError, 413), (ConfigError, 422))
-log = logging.getLogger("speakertrip.serve")
+log = logging.getLogger("uvicorn.error")  # formatted and shown like the server's own messages
 AudioParts = Annotated[list[UploadFile], File(description="one or more wav/flac/ogg files")]
 OneAudio = Annotated[UploadFile, File(description="a wav/flac/ogg file")]
 
@@ -136,8 +136,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return _error(422, "; ".join(problems) or "malformed request")
 
     @app.exception_handler(Exception)
-    async def crash(request: Request, error: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
+    async def crash(request: Request, error: Exception) -> JSONResponse:  # uvicorn logs the traceback
         return _error(500, f"internal error ({type(error).__name__}); see the server log")
 
     @app.get("/", include_in_schema=False)

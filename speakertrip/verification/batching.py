@@ -2,8 +2,10 @@
 
 Requests that arrive while the model is busy queue up and are embedded in the next call of
 :func:`~speakertrip.extraction.embed_many` (length-bucketed passes, one stream per CPU thread),
-so a loaded service computes wide batches instead of one utterance at a time. A lone request
-waits at most ``window`` seconds for company. Embeddings do not depend on the company they
+so a loaded service computes wide batches instead of one utterance at a time. Callers may
+announce a job while they still decode its audio (:meth:`EmbeddingBatcher.coming`); a batch waits
+up to ``window`` seconds for announced jobs, and not at all when none is on its way, so a lone
+request pays no collection delay. Embeddings do not depend on the company they
 are computed in (``embed_many`` is exact under batching), and a job that cannot be embedded
 fails alone: its batch is retried one job at a time.
 
@@ -17,12 +19,13 @@ fails alone: its batch is retried one job at a time.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from torch import nn
@@ -42,7 +45,7 @@ class EmbeddingBatcher:
     Parameters
     ----------
     model : an ``EmbeddingModel``; waveforms passed to :meth:`embed` are mono float32 at ``model.sample_rate``
-    window : seconds a batch waits for more jobs after its first one arrived
+    window : seconds a batch waits, after its first job arrived, for jobs announced by :meth:`coming`
     max_batch_seconds : stop collecting once this much audio (seconds) is queued for one call; smaller
         calls let the next requests be decoded while the model computes
     streams : forward passes at once (``embed_many``'s ``streams``). One leaves the interpreter lock
@@ -54,9 +57,20 @@ class EmbeddingBatcher:
         self.model, self.window, self.streams = model, window, streams
         self.max_samples = int(max_batch_seconds * model.sample_rate)
         self.batches = self.jobs = 0  # counters: calls of embed_many, jobs served
+        self._coming, self._lock, self._local = 0, threading.Lock(), threading.local()
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="speakertrip-embedder", daemon=True)
         self._thread.start()
+
+    @contextlib.contextmanager
+    def coming(self) -> Iterator[None]:
+        """Announce that this thread will call :meth:`embed` soon (it is decoding audio): batches
+        being collected wait for it, within the window."""
+        self._announce(+1)
+        try:
+            yield
+        finally:
+            self._arrived()  # also when the job never came (bad audio)
 
     def embed(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Embed waveforms (each (T,) float32 at the model's rate); blocks, returns (N, D) float32."""
@@ -64,7 +78,17 @@ class EmbeddingBatcher:
             raise RuntimeError("the embedding batcher is closed")
         job = _Job(list(waves))
         self._queue.put(job)
+        self._arrived()
         return job.future.result()
+
+    def _announce(self, change: int) -> None:
+        with self._lock:
+            self._coming += change
+        self._local.announced = change > 0
+
+    def _arrived(self) -> None:
+        if getattr(self._local, "announced", False):
+            self._announce(-1)
 
     def close(self) -> None:
         """Finish the queued jobs, then stop the model thread."""
@@ -87,9 +111,12 @@ class EmbeddingBatcher:
             deadline = time.monotonic() + self.window
             while samples < self.max_samples:
                 try:
-                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    job = self._queue.get_nowait()
                 except queue.Empty:
-                    break
+                    if self._coming <= 0 or time.monotonic() >= deadline:
+                        break
+                    time.sleep(0.0005)  # an announced job is being decoded
+                    continue
                 if job is None:
                     stopping = True
                     break

@@ -38,7 +38,7 @@ from speakertrip.audio import prepare_waveform
 from speakertrip.errors import AudioError, ConfigError, KeyNotFoundError, SpeakertripError
 from speakertrip.extraction import load_model
 from speakertrip.verification.batching import EmbeddingBatcher
-from speakertrip.verification.store import EnrollmentStore
+from speakertrip.verification.store import EnrollmentStore, check_name
 from speakertrip.verification.verifier import Verifier
 
 Upload = tuple[str, bytes]  # (how errors name it, the file's bytes)
@@ -148,15 +148,18 @@ class SpeakerService:
                              for s in self.verifier().store.speakers()]}
 
     def enroll(self, name: str, uploads: Sequence[Upload], replace: bool = False) -> dict:
+        check_name(name)
         if not uploads:
             raise ConfigError(f"no audio parts given to enrol {name!r}")
-        waves = [self.decode(upload) for upload in uploads]
-        total = self.verifier().enroll(name, waves, replace=replace, sample_rate=self.model.sample_rate)
+        with self.batcher.coming():
+            waves = [self.decode(upload) for upload in uploads]
+            total = self.verifier().enroll(name, waves, replace=replace, sample_rate=self.model.sample_rate)
         return {"name": name, "utterances": total}
 
     def verify(self, name: str, upload: Upload, threshold: float | None = None) -> dict:
         verifier = self._enrolled(name)  # an unknown name is a 404 before the audio is looked at
-        result = verifier.verify(name, self.decode(upload), sample_rate=self.model.sample_rate)
+        with self.batcher.coming():
+            result = verifier.verify(name, self.decode(upload), sample_rate=self.model.sample_rate)
         answer = {"name": result.name, "score": result.score, "threshold": result.threshold,
                   "accepted": bool(result.accepted)}
         if threshold is not None:
@@ -169,7 +172,8 @@ class SpeakerService:
         return answer
 
     def identify(self, upload: Upload, top_k: int = 5) -> dict:
-        matches = self.verifier().identify(self.decode(upload), top_k=top_k, sample_rate=self.model.sample_rate)
+        with self.batcher.coming():
+            matches = self.verifier().identify(self.decode(upload), top_k=top_k, sample_rate=self.model.sample_rate)
         return {"matches": [{"name": m.name, "score": m.score} for m in matches], "threshold": self.threshold}
 
     def remove(self, name: str) -> dict:
@@ -180,7 +184,7 @@ class SpeakerService:
         """This thread's Verifier, after checking that ``name`` is enrolled (errors do not show the store's path)."""
         verifier = self.verifier()
         if name not in verifier.store:
-            raise KeyNotFoundError(f"speaker {name!r} is not enrolled ({len(verifier.store)} speakers are)")
+            raise KeyNotFoundError(f"speaker {name!r} is not enrolled (GET /speakers lists who is)")
         return verifier
 
     # ---- audio --------------------------------------------------------------------------------
