@@ -31,6 +31,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -207,6 +208,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    try:
+        run(work)
+    finally:
+        shutil.rmtree(work)
+
+
+def run(work: Path) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=Path("demo_out/exp/model"), help="model artifact")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level and system")
@@ -226,7 +235,6 @@ def main() -> None:
     from speakertrip.testing import speech_like, write_bad_audio
     from speakertrip.verification import Verifier
 
-    work = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     model = load_model(args.model)
     print(f"model {args.model} ({model.identity[:12]}, {model.encoder_name}), {os.cpu_count()} CPUs, "
           f"torch threads {torch.get_num_threads()}, {args.files} files of 3 s, {args.seconds:g} s per level")
