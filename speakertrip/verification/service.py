@@ -157,14 +157,14 @@ class SpeakerService:
         return {"name": name, "utterances": total}
 
     def verify(self, name: str, upload: Upload, threshold: float | None = None) -> dict:
+        if threshold is not None and not math.isfinite(threshold):
+            raise ConfigError(f"threshold must be a finite number, got {threshold}")
         verifier = self._enrolled(name)  # an unknown name is a 404 before the audio is looked at
         with self.batcher.coming():
             result = verifier.verify(name, self.decode(upload), sample_rate=self.model.sample_rate)
         answer = {"name": result.name, "score": result.score, "threshold": result.threshold,
                   "accepted": bool(result.accepted)}
         if threshold is not None:
-            if not math.isfinite(threshold):
-                raise ConfigError(f"threshold must be a finite number, got {threshold}")
             answer.update(threshold=threshold, accepted=result.score >= threshold)
         llr = getattr(result, "llr", None)  # present when the model carries a score calibration
         if llr is not None:
