@@ -20,7 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "score", "metrics", "calibrate",
     "convert",
     "train", "average",
-    "embed", "verifier", "export",
+    "embed", "verifier", "serve", "export",
     "demo",
 )
 

@@ -1,0 +1,102 @@
+"""`speakertrip serve --model DIR --store FILE`: enrol, verify and identify over HTTP (the ``serve`` extra).
+
+The app is :mod:`speakertrip.verification.app`; this module parses options, refuses unsafe
+set-ups (a non-loopback address without a token), checks the store against the model before
+listening, and runs uvicorn (SIGTERM: in-flight requests finish, then the process exits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="HTTP service (and a web page) to enrol, verify and identify")
+    parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
+    parser.add_argument("--store", type=Path, required=True, help="enrolment store (SQLite file; created if missing)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other "
+                        "than loopback needs --token-file)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="file holding a bearer token that every route but /health requires")
+    parser.add_argument("--workers", type=int, default=1, help="server processes sharing the store (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per worker (default: the cores divided among the workers)")
+    parser.add_argument("--max-audio-seconds", type=float, default=60.0, help="longest audio part accepted (60)")
+    parser.add_argument("--min-audio-seconds", type=float, default=0.5, help="shortest audio part accepted (0.5)")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body accepted, MiB (20)")
+    parser.add_argument("--batch-window-ms", type=float, default=5.0,
+                        help="how long a lone request waits for others to share its forward pass (5 ms)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="accept scores >= this (default: the model's calibrated threshold)")
+    parser.add_argument("--norm", choices=["asnorm"], default=None,
+                        help="normalise scores with the store's cohort (needs --threshold)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    parser.set_defaults(func=run)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1).
+
+    >>> is_loopback("127.0.0.1"), is_loopback("::1"), is_loopback("0.0.0.0"), is_loopback("example.org")
+    (True, True, False, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    from speakertrip.errors import ConfigError
+
+    try:
+        import uvicorn
+
+        from speakertrip.verification import app as service_app
+    except ImportError as error:
+        raise ConfigError(f"speakertrip serve needs the serve extra ({error.name} is missing): "
+                          "pip install 'speakertrip[serve]'") from None
+    from speakertrip.verification.service import ServiceSettings
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.token_file is None and not is_loopback(args.host):
+        raise ConfigError(f"refusing to listen on {args.host} without a token: anyone who reaches it could enrol "
+                          "and delete speakers. Pass --token-file FILE (or listen on 127.0.0.1)")
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
+    settings = ServiceSettings(
+        model=str(args.model), store=str(args.store), device=args.device, threshold=args.threshold, norm=args.norm,
+        token_file=None if args.token_file is None else str(args.token_file), threads=threads,
+        max_audio_seconds=args.max_audio_seconds, min_audio_seconds=args.min_audio_seconds,
+        max_upload_mb=args.max_upload_mb, batch_window_ms=args.batch_window_ms)
+    settings.read_token()  # a bad token file fails here, before anything listens
+    options = dict(host=args.host, port=args.port, timeout_graceful_shutdown=30, access_log=not args.no_access_log)
+    if args.workers == 1:
+        app = service_app.create_app(settings)  # loads the model and checks the store: errors exit 2
+        service = app.state.service
+        _announce(service.model.identity, service.threshold, len(service.verifier().store), settings, 1)
+        uvicorn.run(app, **options)
+        return 0
+    from speakertrip.extraction import load_model
+    from speakertrip.verification.verifier import Verifier
+
+    verifier = Verifier(load_model(settings.model, settings.device), store=settings.store,
+                        threshold=settings.threshold, norm=settings.norm)  # the store's model check, once
+    _announce(verifier.model.identity, verifier.threshold, len(verifier.store), settings, args.workers)
+    verifier.store.close()
+    os.environ[service_app.SETTINGS_VARIABLE] = settings.to_json()
+    uvicorn.run("speakertrip.verification.app:app_from_environment", factory=True, workers=args.workers, **options)
+    return 0
+
+
+def _announce(identity: str, threshold: float, speakers: int, settings, workers: int) -> None:
+    token = "required (--token-file)" if settings.token_file else "off (loopback only)"
+    print(f"speakertrip serve: model {identity[:12]}, threshold {threshold:.4f}, store {settings.store} "
+          f"({speakers} speakers), {workers} worker(s), token {token}", flush=True)
