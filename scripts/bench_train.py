@@ -8,6 +8,12 @@ The first-step losses must agree (fp32: 1e-4; bf16: 5e-2 relative). The crop loa
 throughput (CropDataset + PKSampler + DataLoader on int16 wav files) is printed beside, so that a
 starving device is visible.
 
+Host syncs per step (``--syncs``, the default on): one step with noise/reverb/speed augmentation
+and SpecAugment, counted with :class:`~speakertrip.training.host_syncs.HostSyncCounter` two ways:
+the checked path (augmentation drawn and read on the host in the step, pair shapes found with
+``nonzero``, every selection checked: how every step ran before) against the trainer's path
+(the plan read with the batch, fixed P×K shapes).
+
     .venv/bin/python scripts/bench_train.py                      # CPU: B=32 crops of 2 s
     .venv/bin/python scripts/bench_train.py --p 64 --k 4         # GPU: B=256, bf16 vs fp32
 """
@@ -53,8 +59,8 @@ def time_pair(first_step, second_step, steps: int, device: torch.device) -> tupl
     return losses[0], statistics.median(times[0]), losses[1], statistics.median(times[1])
 
 
-def ours(model: EmbeddingNetwork, batch, amp: torch.dtype | None, clip: float = 5.0):
-    module = TrainingModule(model, build_loss("multi_positive", margin=0.3, hardest_negatives=4)).train()
+def ours(model: EmbeddingNetwork, batch, amp: torch.dtype | None, k: int, clip: float = 5.0):
+    module = TrainingModule(model, build_loss("multi_positive", margin=0.3, hardest_negatives=4), group_size=k).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     waves, lengths, labels = batch
 
@@ -102,17 +108,11 @@ def loader_throughput(p: int, k: int, crop_seconds: float, workers: int, batches
     """Crops per second from CropDataset + PKSampler + DataLoader over a generated int16 wav tree."""
     from torch.utils.data import DataLoader
 
-    from speakertrip.corpora.voxceleb import prepare_voxceleb
     from speakertrip.data.datasets import CropDataset, collate_crops
-    from speakertrip.data.manifest import read_manifest
     from speakertrip.data.sampler import PKSampler
-    from speakertrip.testing import make_voxceleb_tree
 
     with tempfile.TemporaryDirectory() as folder:
-        tree = make_voxceleb_tree(Path(folder) / "vox", num_speakers=max(2 * p, 8), sessions=2,
-                                  utterances_per_session=k, duration=(crop_seconds + 1, crop_seconds + 3),
-                                  trial_list=False)
-        utterances = read_manifest(prepare_voxceleb(tree, Path(folder) / "data", progress=False)["utts"])
+        utterances = _corpus(Path(folder), p, k, crop_seconds)
         dataset = CropDataset(utterances, crop_seconds)
         sampler = PKSampler(dataset.speaker_ids, p, k, batches_per_epoch=batches + 2)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_crops, num_workers=workers,
@@ -122,6 +122,66 @@ def loader_throughput(p: int, k: int, crop_seconds: float, workers: int, batches
         start = time.perf_counter()
         count = sum(len(batch.labels) for batch in iterator)
         return count / (time.perf_counter() - start)
+
+
+def host_syncs_per_step(p: int, k: int, crop_seconds: float, device: torch.device) -> list[tuple[str, str, str]]:
+    """(model, checked path's counts, trainer path's counts) of one augmented training step."""
+    from speakertrip.audio.augment import AugmentConfig, Augmenter
+    from speakertrip.data.datasets import CropDataset, TrainingBatches
+    from speakertrip.data.sampler import PKSampler
+    from speakertrip.losses.selection import grouped_batch  # noqa: F401 - what group_size switches on
+    from speakertrip.testing import make_musan_tree, make_rir_tree
+    from speakertrip.training.host_syncs import HostSyncCounter
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        utterances = _corpus(Path(folder), p, k, crop_seconds)
+        config = AugmentConfig(musan=str(make_musan_tree(Path(folder) / "musan", files=3)),
+                               rirs=str(make_rir_tree(Path(folder) / "rirs", rooms=3)), speed_factors=(0.9, 1.0, 1.1))
+        crops = CropDataset(utterances, crop_seconds)
+        augmenter = Augmenter(config, len(crops.speaker_to_index))
+        items = next(iter(PKSampler(crops.speaker_ids, p, k, seed=0)))
+        batch = TrainingBatches(crops, augmenter, seed=0)[items]
+        features = FeatureConfig.speechbrain().to_dict() | {"spec_time_masks": 2, "spec_freq_masks": 2}
+        for name, loss in (("ecapa-64 multi-positive", ("multi_positive", {"margin": 0.3, "hardest_negatives": k})),
+                           ("tdnn-512 batch-hard+AAM", ("triplet+aam", {"metric": {"miner": "batch_hard"}}))):
+            encoder, options = MODELS[name.split()[0]]
+            model = EmbeddingNetwork(features, encoder, options).to(device)
+            criterion = build_loss(loss[0], embedding_dim=model.embedding_dim,
+                                   num_classes=augmenter.num_labels, **loss[1])
+            counts = []
+            for group_size in (None, k):
+                module = TrainingModule(model, criterion, group_size=group_size).to(device).train()
+                optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+
+                def step() -> None:
+                    moved = batch.to(device, non_blocking=True)
+                    if group_size is None:  # the checked path: draw, read and copy inside the step
+                        waves, labels = augmenter(moved.waveforms, moved.labels, moved.lengths)
+                    else:
+                        waves, labels = augmenter.apply(moved.waveforms, moved.lengths, moved.augment)
+                    loss_value = module(waves, moved.lengths, labels, None)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_value.backward()
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), 5.0)
+                    optimizer.step()
+
+                step()  # constants reach the device once
+                with HostSyncCounter() as counter:
+                    step()
+                counts.append(f"{counter.total} ({', '.join(f'{key} {value}' for key, value in sorted(counter.counts.items())) or '-'})")
+            rows.append((name, *counts))
+    return rows
+
+
+def _corpus(folder: Path, p: int, k: int, crop_seconds: float):
+    from speakertrip.corpora.voxceleb import prepare_voxceleb
+    from speakertrip.data.manifest import read_manifest
+    from speakertrip.testing import make_voxceleb_tree
+
+    tree = make_voxceleb_tree(folder / "vox", num_speakers=max(2 * p, 8), sessions=2, utterances_per_session=k,
+                              duration=(crop_seconds + 1, crop_seconds + 3), trial_list=False)
+    return read_manifest(prepare_voxceleb(tree, folder / "data", progress=False)["utts"])
 
 
 def main() -> None:
@@ -134,6 +194,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20 GPU, 3 CPU)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for the loader figure")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-syncs", dest="syncs", action="store_false", help="skip the host-sync count")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -147,6 +208,11 @@ def main() -> None:
 
     print(f"device {device} ({torch.cuda.get_device_name(device) if gpu else f'{torch.get_num_threads()} threads'}), "
           f"B = {p} x {args.k} crops of {args.crop} s, ours {'bf16 autocast' if amp else 'fp32'} vs plain fp32 loop")
+    if args.syncs:
+        print("host syncs per augmented step (speed, noise, reverb, SpecAugment; B = "
+              f"{p} x {args.k}): checked path as every step ran before -> the trainer's path")
+        for name, checked, trainer_path in host_syncs_per_step(p, args.k, args.crop, device):
+            print(f"  {name:<24} {checked:<44} -> {trainer_path}")
     loader_rate = loader_throughput(p, args.k, args.crop, args.workers, batches=8 if gpu else 4)
     print(f"crop loader ({args.workers} workers): {loader_rate:,.0f} crops/s")
     header = f"{'model':<11} {'params':>7} {'ours ms':>8} {'ours utt/s':>10} {'plain ms':>9} {'plain utt/s':>11} " \
@@ -164,7 +230,7 @@ def main() -> None:
         parameters = sum(t.numel() for t in model.parameters()) / 1e6
         peer_step = plain_fp32(model, (waves, lengths, labels))  # copies the initial weights first
         loss_ours, seconds_ours, loss_plain, seconds_plain = time_pair(
-            ours(model, (waves, lengths, labels), amp), peer_step, steps, device)
+            ours(model, (waves, lengths, labels), amp, args.k), peer_step, steps, device)
         tolerance = 5e-2 if amp else 1e-4
         agree = abs(float(loss_ours) - float(loss_plain)) <= tolerance * max(1.0, abs(float(loss_plain)))
         print(f"{name:<11} {parameters:>6.1f}M {1e3 * seconds_ours:>8.1f} {batch_size / seconds_ours:>10,.0f} "

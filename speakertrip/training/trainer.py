@@ -15,19 +15,21 @@ PosixPath('exp/ecapa_triplet')
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
 from speakertrip.training.config import TrainConfig, save_config
 from speakertrip.errors import ConfigError
+from speakertrip.losses.selection import grouped_batch
 from speakertrip.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from speakertrip.training.distributed import Distributed, cleanup_distributed, gather_batch, setup_distributed
 from speakertrip.training.averaging import build_model, export_model, list_snapshots, snapshot_path
@@ -39,11 +41,16 @@ INACTIVE_FRACTION = 0.01  # below this active-triplet fraction the loss has (alm
 
 class TrainingModule(nn.Module):
     """The embedding model and the loss in one module, so that DDP averages the gradients of both
-    (an AAM head has weights) and the cross-rank gather happens inside ``forward``."""
+    (an AAM head has weights) and the cross-rank gather happens inside ``forward``.
 
-    def __init__(self, model: nn.Module, criterion: nn.Module):
+    ``group_size`` K says that every batch is P×K (every label K times on every rank): the
+    gather and the losses then use fixed sizes and skip their checks, so a step never waits
+    for the device (see :func:`speakertrip.losses.selection.grouped_batch`).
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, group_size: int | None = None):
         super().__init__()
-        self.model, self.criterion = model, criterion
+        self.model, self.criterion, self.group_size = model, criterion, group_size
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
                 amp_dtype: torch.dtype | None) -> torch.Tensor:
@@ -52,8 +59,13 @@ class TrainingModule(nn.Module):
         with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             embeddings = self.model(waveforms, lengths)
         with torch.autocast(device_type, enabled=False):
-            embeddings, labels = gather_batch(embeddings.float(), labels)
-            return self.criterion(embeddings, labels)
+            if self.group_size is None:
+                embeddings, labels = gather_batch(embeddings.float(), labels)
+                return self.criterion(embeddings, labels)
+            sizes = [len(labels)] * (dist.get_world_size() if dist.is_initialized() else 1)
+            embeddings, labels = gather_batch(embeddings.float(), labels, sizes)
+            with grouped_batch(self.group_size):
+                return self.criterion(embeddings, labels)
 
 
 class ActivityWatch:
@@ -88,7 +100,7 @@ class Trainer:
         from torch.utils.data import DataLoader
 
         from speakertrip.audio.augment import Augmenter
-        from speakertrip.data.datasets import CropDataset, collate_crops
+        from speakertrip.data.datasets import CropDataset, TrainingBatches, as_batch
         from speakertrip.data.manifest import read_manifest
         from speakertrip.data.sampler import PKSampler
         from speakertrip.losses import build_loss
@@ -116,13 +128,14 @@ class Trainer:
                                  num_replicas=distributed.world_size, rank=distributed.rank,
                                  batches_per_epoch=config.data.batches_per_epoch,
                                  short_speakers=config.data.short_speakers)
-        workers = config.data.workers
-        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate_crops,
-                                 num_workers=workers, pin_memory=device.type == "cuda",
-                                 prefetch_factor=4 if workers else None,
-                                 generator=torch.Generator().manual_seed(loop.seed))  # leaves the global RNG alone
         self.augmenter = Augmenter(config.augment, num_speakers, config.features.sample_rate, loop.seed) \
             if config.augment else None
+        workers = config.data.workers  # each reads whole batches: crops and the augmentation's noise/RIR crops
+        self.loader = DataLoader(TrainingBatches(self.dataset, self.augmenter, loop.seed), sampler=self.sampler,
+                                 batch_size=None, collate_fn=as_batch, num_workers=workers,
+                                 pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                                 persistent_workers=workers > 0,
+                                 generator=torch.Generator().manual_seed(loop.seed))  # leaves the global RNG alone
         num_classes = self.augmenter.num_labels if self.augmenter else num_speakers
 
         self.model = build_model(config)
@@ -132,7 +145,9 @@ class Trainer:
             initialise(self.model, config.model.init_from)
         criterion = build_loss(config.loss.kind, embedding_dim=self.model.embedding_dim, num_classes=num_classes,
                                **config.loss.options)
-        self.module = TrainingModule(self.model, criterion).to(device)
+        self.module = TrainingModule(self.model, criterion, group_size=config.loss.k).to(device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels once
         if loop.compile:  # in place, so that state-dict keys (checkpoints, snapshots) stay the same
             self.model.encoder.compile()
         self.wrapped: nn.Module = self.module
@@ -150,13 +165,27 @@ class Trainer:
         self.batch_size = distributed.world_size * config.loss.p * config.loss.k
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best: dict[str, Any] = {}
+        self._window: list[dict[str, torch.Tensor]] = []
+        self._window_start = time.perf_counter()
+        self.activity = ActivityWatch(warmup_steps(config.schedule, self.total_steps),
+                                      max(2 * loop.log_every, self.total_steps // 20))
         torch.manual_seed(loop.seed + distributed.rank)  # different dropout / SpecAugment draws per rank
 
     # ---------------------------------------------------------------- state
-    def state(self) -> dict[str, Any]:
+    def state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "rng": rng_state(), "best": dict(self.best), "config": self.config.to_dict()}
+                "rng": {"ranks": rng_states}, "world_size": self.dist.world_size, "best": dict(self.best),
+                "config": self.config.to_dict()}
+
+    def rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's generator states, in rank order (a collective: every rank calls it)."""
+        own = rng_state(self.device)
+        if not self.dist.enabled:
+            return [own]
+        states: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(states, own)
+        return [{key: value.cpu() for key, value in state.items()} for state in states]
 
     def load(self, path: Path) -> None:
         checkpoint = load_checkpoint(path)
@@ -167,14 +196,25 @@ class Trainer:
         changed = _differences(checkpoint.get("config", {}), self.config.to_dict())
         if changed:
             warnings.warn(f"resuming {path} with a changed config: {', '.join(changed)}", stacklevel=2)
-        if self.dist.is_main:  # rank 0's RNG continues exactly; other ranks (not saved) get fresh streams
-            restore_rng_state(checkpoint["rng"])
+        saved_world = checkpoint.get("world_size", self.dist.world_size)
+        if saved_world != self.dist.world_size:
+            raise ConfigError(f"{path} was written by a run of {saved_world} processes, this one has "
+                              f"{self.dist.world_size}: the P×K sampler plans every epoch for the world size, so the "
+                              f"run would not continue where it stopped; resume with --nproc_per_node {saved_world}, "
+                              "or start a new run with model.init_from")
+        ranks = checkpoint["rng"].get("ranks")
+        if ranks is not None:  # every rank continues exactly
+            restore_rng_state(ranks[self.dist.rank], self.device)
+        elif self.dist.is_main:  # older checkpoints: rank 0's state only; other ranks get fresh streams
+            restore_rng_state(checkpoint["rng"], self.device)
         else:
             torch.manual_seed(self.config.train.seed + self.dist.rank + 7919 * self.step)
 
     def save(self, name: str = "last.pt") -> None:
+        """Write a checkpoint on rank 0 (a collective: every rank calls it, to hand over its RNG state)."""
+        rng_states = self.rng_states()
         if self.dist.is_main:
-            save_checkpoint(self.state(), self.checkpoints / name)
+            save_checkpoint(self.state(rng_states), self.checkpoints / name)
 
     def snapshot(self) -> None:
         """Model weights at this step, for averaging; only the newest ``average_last`` are kept."""
@@ -200,10 +240,7 @@ class Trainer:
             from speakertrip.data.manifest import read_manifest
 
             self.dev = read_manifest(self.config.data.dev)
-        self._window: list[dict[str, torch.Tensor]] = []
         self._window_start = time.perf_counter()
-        self.activity = ActivityWatch(warmup_steps(self.config.schedule, self.total_steps),
-                                      max(2 * loop.log_every, self.total_steps // 20))
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and loop.progress), unit="step",
                    desc="train", dynamic_ncols=True)
         started = time.perf_counter()
@@ -235,9 +272,8 @@ class Trainer:
 
         batch = batch.to(self.device, non_blocking=True)
         waveforms, lengths, labels = to_float(batch.waveforms), batch.lengths, batch.labels
-        if self.augmenter is not None:  # its draws are a function of (seed, rank, step): exact on resume
-            self.augmenter.rng = np.random.default_rng([self.config.train.seed, self.dist.rank, self.step])
-            waveforms, labels = self.augmenter(waveforms, labels, lengths)
+        if batch.augment is not None:  # drawn and read in the loader from the batch's seeds: exact on resume
+            waveforms, labels = self.augmenter.apply(waveforms, lengths, batch.augment)
         set_learning_rate(self.optimizer, learning_rate(self.step, self.total_steps, self.config.optim.lr,
                                                         self.config.schedule))
         self.module.train()
@@ -258,8 +294,9 @@ class Trainer:
         if not self._window:
             return {}
         elapsed = time.perf_counter() - self._window_start
-        means = {key: float(torch.stack([r[key].float() for r in self._window if key in r]).mean())
-                 for key in self._window[-1]}
+        keys = list(self._window[-1])
+        values = torch.stack([torch.stack([r[key].float() for r in self._window if key in r]).mean() for key in keys])
+        means = dict(zip(keys, values.tolist()))
         means["lr"] = self.optimizer.param_groups[0]["lr"]
         means["utt_per_s"] = len(self._window) * self.batch_size / max(elapsed, 1e-9)
         self._window, self._window_start = [], time.perf_counter()
@@ -291,20 +328,26 @@ class Trainer:
                            batch=self.batch_size)
 
     def validate(self) -> None:
-        """Dev EER/minDCF on rank 0 (others wait); keeps ``best.pt`` by EER."""
+        """Dev EER/minDCF, the dev embedding shared by every rank; keeps ``best.pt`` by EER.
+
+        A compiled encoder runs eagerly here: dev batches vary in size and length, and each new
+        shape would compile again.
+        """
         if self.dev is None:
             return
         from speakertrip.training.validation import validate
 
+        stance = torch.compiler.set_stance("force_eager") if self.config.train.compile else contextlib.nullcontext()
+        with stance:
+            metrics = validate(self.model, self.dev, self.config.data.dev_trials, device=self.device,
+                               rank=self.dist.rank, world_size=self.dist.world_size)
         if self.dist.is_main:
-            metrics = validate(self.model, self.dev, self.config.data.dev_trials, device=self.device)
             self.log.write(kind="validation", step=self.step, epoch=self.epoch, **metrics)
             tqdm.write(f"step {self.step}: dev EER {100 * metrics['eer']:.2f} %, "
                        f"minDCF(0.01) {metrics['min_dcf_0.01']:.3f}")
-            if not self.best or metrics["eer"] < self.best["eer"]:
-                self.best = {"eer": metrics["eer"], "step": self.step}
-                self.save("best.pt")
-        self.dist.barrier()
+        if not self.best or metrics["eer"] < self.best["eer"]:  # every rank has the same metrics
+            self.best = {"eer": metrics["eer"], "step": self.step}
+            self.save("best.pt")
 
     def finish(self, seconds: float) -> Path:
         """Average the last snapshots into ``model/``, plot the curves, print a summary table."""
