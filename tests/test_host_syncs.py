@@ -62,7 +62,7 @@ def test_a_training_step_has_no_host_syncs(data, tmp_path, encoder, loss, one_th
     trainer.log = MetricsLog(tmp_path / "metrics.jsonl")
     with HostSyncCounter() as counter:  # a logging step reads the means: one host read
         shown = trainer.log_window()
-    assert counter.total == 1 and float(shown["loss"]) > 0, counter.report()
+    assert counter.total == 1 and float(shown["loss"]) > 0 and shown["data"].endswith("%"), counter.report()
 
 
 def test_the_counter_sees_each_kind_of_host_work():

@@ -34,6 +34,7 @@ from speakertrip.training.checkpoint import load_checkpoint, restore_rng_state, 
 from speakertrip.training.distributed import Distributed, cleanup_distributed, gather_batch, setup_distributed
 from speakertrip.training.averaging import build_model, export_model, list_snapshots, snapshot_path
 from speakertrip.training.metrics_log import MetricsLog, plot_curves
+from speakertrip.training.step_timer import StepTimer
 from speakertrip.training.schedule import build_optimizer, learning_rate, set_learning_rate, warmup_steps
 
 INACTIVE_FRACTION = 0.01  # below this active-triplet fraction the loss has (almost) nothing to learn from
@@ -166,7 +167,7 @@ class Trainer:
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best: dict[str, Any] = {}
         self._window: list[dict[str, torch.Tensor]] = []
-        self._window_start = time.perf_counter()
+        self.timer = StepTimer(device)  # data wait against compute, per logging window
         self.activity = ActivityWatch(warmup_steps(config.schedule, self.total_steps),
                                       max(2 * loop.log_every, self.total_steps // 20))
         torch.manual_seed(loop.seed + distributed.rank)  # different dropout / SpecAugment draws per rank
@@ -240,26 +241,31 @@ class Trainer:
             from speakertrip.data.manifest import read_manifest
 
             self.dev = read_manifest(self.config.data.dev)
-        self._window_start = time.perf_counter()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and loop.progress), unit="step",
                    desc="train", dynamic_ncols=True)
         started = time.perf_counter()
+        self.timer.restart()
         while self.step < self.total_steps:
             self.sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
             for batch in self.loader:
+                self.timer.batch_ready()
                 self.train_step(batch)
+                self.timer.step_done()
                 bar.update(1)
                 if self.step % loop.log_every == 0 or self.step == self.total_steps:
                     bar.set_postfix(self.log_window(), refresh=False)
                 end_of_epoch = self.batch_in_epoch == self.steps_per_epoch
                 if loop.validate_every and self.step % loop.validate_every == 0 and not end_of_epoch:
                     self.validate()
+                    self.timer.restart()  # not time spent waiting for data
                 if loop.checkpoint_every and self.step % loop.checkpoint_every == 0 and not end_of_epoch:
                     self.save()
+                    self.timer.restart()
                 if self.step >= self.total_steps:
                     break
             if self.batch_in_epoch == self.steps_per_epoch:
                 self.end_epoch()
+                self.timer.restart()
         bar.close()
         if not list_snapshots(self.checkpoints) or self.batch_in_epoch:
             self.snapshot()  # ended mid-epoch: the final weights join the average
@@ -290,20 +296,29 @@ class Trainer:
         self.batch_in_epoch += 1
 
     def log_window(self) -> dict[str, str]:
-        """Write the mean of the steps since the last log (one device sync); returns the progress-bar fields."""
+        """Write the means of the steps since the last log (one device sync): the losses' statistics, the
+        learning rate, utt/s, data wait and compute per step and the data-wait fraction, the GPU memory peak.
+        Returns the progress-bar fields."""
         if not self._window:
             return {}
-        elapsed = time.perf_counter() - self._window_start
         keys = list(self._window[-1])
         values = torch.stack([torch.stack([r[key].float() for r in self._window if key in r]).mean() for key in keys])
         means = dict(zip(keys, values.tolist()))
         means["lr"] = self.optimizer.param_groups[0]["lr"]
-        means["utt_per_s"] = len(self._window) * self.batch_size / max(elapsed, 1e-9)
-        self._window, self._window_start = [], time.perf_counter()
+        timed = self.timer.window()
+        steps = max(timed.steps, 1)
+        means["utt_per_s"] = timed.steps * self.batch_size / max(timed.data_seconds + timed.compute_seconds, 1e-9)
+        means.update(data_ms=1e3 * timed.data_seconds / steps, step_ms=1e3 * timed.compute_seconds / steps,
+                     data_fraction=timed.data_fraction)
+        if self.device.type == "cuda":
+            means["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._window = []
         if self.dist.is_main:
             self.log.write(kind="step", step=self.step, epoch=self.epoch, **means)
         self.watch_active_fraction(means.get("active_fraction"))
-        shown = {"loss": f"{means['loss']:.4f}", "lr": f"{means['lr']:.2e}", "utt/s": f"{means['utt_per_s']:.0f}"}
+        shown = {"loss": f"{means['loss']:.4f}", "lr": f"{means['lr']:.2e}", "utt/s": f"{means['utt_per_s']:.0f}",
+                 "data": f"{100 * means['data_fraction']:.0f}%"}
         if "active_fraction" in means:
             shown["active"] = f"{means['active_fraction']:.3f}"
         return shown
@@ -357,11 +372,13 @@ class Trainer:
         model_dir, evaluation = export_model(self.config, snapshots, self.exp_dir / "model", device=self.device)
         records = self.log.read()
         plot_curves(records, self.exp_dir / "curves.png")
-        last = next((r for r in reversed(records) if r.get("kind") == "step"), {})
+        steps = [r for r in records if r.get("kind") == "step"]
+        last = steps[-1] if steps else {}
         rows = [("steps", f"{self.step} ({self.epoch} epochs of {self.steps_per_epoch})"),
                 ("batch", f"{self.config.loss.p * self.dist.world_size} speakers x {self.config.loss.k}"),
                 ("final loss", f"{last.get('loss', math.nan):.4f}"),
                 ("time", f"{seconds:.1f} s")]
+        rows += throughput_rows(steps)
         if "eer" in evaluation:
             rows += [("dev EER (averaged model)", f"{100 * evaluation['eer']:.2f} %"),
                      ("dev minDCF(0.01)", f"{evaluation['min_dcf_0.01']:.4f}"),
@@ -370,6 +387,21 @@ class Trainer:
         width = max(len(name) for name, _ in rows)
         print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
         return self.exp_dir
+
+
+def throughput_rows(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Summary rows from the step records: utt/s, data wait against step time, GPU memory peak."""
+    timed = [r for r in steps if "data_ms" in r and "step_ms" in r]
+    if not timed:
+        return []
+    data, compute = sum(r["data_ms"] for r in timed), sum(r["step_ms"] for r in timed)
+    rows = [("utt/s (median window)", f"{sorted(r['utt_per_s'] for r in timed)[len(timed) // 2]:,.0f}"),
+            ("data wait", f"{100 * data / max(data + compute, 1e-9):.1f} % of step time "
+                          f"({data / len(timed):.1f} ms data, {compute / len(timed):.1f} ms compute per step)")]
+    peaks = [r["gpu_mem_peak_gib"] for r in timed if "gpu_mem_peak_gib" in r]
+    if peaks:
+        rows.append(("GPU memory peak", f"{max(peaks):.2f} GiB"))
+    return rows
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
