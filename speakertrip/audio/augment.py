@@ -153,10 +153,10 @@ class Augmenter:
 
     def _scan(self, folder: Path, files: list[Path]) -> list[tuple[Path, int]]:
         """``(path, frames at the sample rate)`` of each file, headers from the folder's cache."""
-        cache = HeaderCache(folder_cache(folder, "augment"))
+        cache = HeaderCache(folder_cache(folder, "augment"), root=folder)
         frames = []
         for path in files:
-            info = cache.info(path, str(path.relative_to(folder)))
+            info = cache.info(path)
             frames.append((path, info.frames * self.sample_rate // info.sample_rate))
         if cache.reads:
             try:
