@@ -239,6 +239,8 @@ def main() -> None:
     for audio_format in args.loader_formats:
         rate = loader_throughput(p, args.k, args.crop, args.workers, batches=8 if gpu else 4, flac=audio_format == "flac")
         results["loader"][audio_format] = rate
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
         print(f"crop loader ({args.workers} workers, {audio_format}): {rate:,.0f} crops/s")
     header = f"{'variant':<24} {'params':>7} {'ours ms':>8} {'ours utt/s':>10} {'plain ms':>9} {'plain utt/s':>11} " \
              f"{'speed-up':>8} {'loss ours':>10} {'loss plain':>10}"
@@ -273,13 +275,13 @@ def main() -> None:
                                  "speed_up": seconds_plain / seconds_ours, "losses_agree": agree})
         if not agree:
             failed.append(label)
+        if args.json:  # after every variant: a time limit keeps what finished
+            args.json.write_text(json.dumps(results, indent=1))
         del model, peer_step, step
         if gpu:
             torch.cuda.empty_cache()
     print(f"a step is data-bound when utt/s exceeds the loader's {min(results['loader'].values()):,.0f} crops/s "
           f"(raise data.workers)")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
     if failed:
         raise SystemExit(f"first-step losses disagree beyond tolerance: {', '.join(failed)}")
 

@@ -33,7 +33,7 @@ def data(tmp_path_factory):
             "musan": make_musan_tree(root / "musan", files=2, duration=0.6), "rirs": make_rir_tree(root / "rirs")}
 
 
-def trainer_for(data, tmp_path, encoder: str, loss: str, **extra) -> Trainer:
+def trainer_for(data, tmp_path, encoder: str, loss: str, device: str = "cpu", **extra) -> Trainer:
     kind, options = LOSSES[loss]
     values = {"data.train": str(data["train"]), "data.crop_seconds": 0.5, "data.workers": 0,
               "data.batches_per_epoch": 4, "features.n_mels": 24, "features.spec_time_masks": 2,
@@ -43,7 +43,7 @@ def trainer_for(data, tmp_path, encoder: str, loss: str, **extra) -> Trainer:
               "augment.speed_factors": [0.9, 1.0, 1.1], **extra}
     arguments = [f"--{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
                  for key, value in values.items()]
-    trainer = Trainer(load_config(None, arguments), Distributed(), torch.device("cpu"))
+    trainer = Trainer(load_config(None, arguments), Distributed(), torch.device(device))
     return trainer
 
 
@@ -144,3 +144,17 @@ def test_tdnn_pools_in_float32_under_bf16_autocast():
         valid = rounded[row, :length]
         expected = torch.cat([valid.mean(0), valid.std(0)]).float()
         torch.testing.assert_close(pooled[row, 0], expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("amp", ["bf16", "off"])
+def test_training_step_on_gpu_has_no_host_syncs(data, tmp_path, amp):
+    trainer = trainer_for(data, tmp_path, "ecapa", "multi_positive", device="cuda")
+    trainer.amp_dtype = torch.bfloat16 if amp == "bf16" else None
+    batches = iter(trainer.loader)
+    trainer.train_step(next(batches))
+    batch = next(batches).to(trainer.device)  # the one host-to-device copy a step makes, done before counting
+    torch.cuda.synchronize()
+    with HostSyncCounter() as counter:
+        trainer.train_step(batch)
+    assert counter.total == 0, counter.report()

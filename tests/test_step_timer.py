@@ -71,3 +71,18 @@ def test_a_slow_loader_is_data_wait(data, tmp_path, monkeypatch, capsys, one_thr
     assert "gpu_mem_peak_gib" not in slow[0]  # CUDA only
     summary = capsys.readouterr().out
     assert "data wait" in summary and "% of step time" in summary and "utt/s" in summary
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_timer_uses_events_on_the_device_timeline():
+    device = torch.device("cuda")
+    timer = StepTimer(device)
+    x = torch.randn(2048, 2048, device=device)
+    torch.cuda.synchronize()
+    time.sleep(0.1)  # the GPU idles: the batch is late
+    timer.batch_ready()
+    for _ in range(20):
+        x = (x @ x).tanh()
+    timer.step_done()
+    window = timer.window()
+    assert window.steps == 1 and window.data_seconds >= 0.09 and window.compute_seconds > 0
