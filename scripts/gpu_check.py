@@ -1,5 +1,6 @@
 """One command that proves speakertrip's GPU paths on a GPU, in about 8 minutes, unattended.
 
+    pip install -e '.[dev]'          # the project's own install (pytest for section 1)
     python scripts/gpu_check.py --out gpu_check_out
 
 Sections, each in its own process with its own time limit (whatever finishes is kept):
