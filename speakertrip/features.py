@@ -201,7 +201,7 @@ class LogMelFrontend(nn.Module):
         waveforms = to_float(waveforms)
         batch, total = waveforms.shape
         if lengths is None:
-            lengths = torch.full((batch,), total, dtype=torch.int64)
+            lengths = torch.full((batch,), total, dtype=torch.int64, device=waveforms.device)
         lengths = lengths.to(device=waveforms.device, dtype=torch.int64)
         valid = torch.arange(total, device=waveforms.device) < lengths[:, None]
         waveforms = waveforms * valid * config.waveform_scale
@@ -269,23 +269,30 @@ class LogMelFrontend(nn.Module):
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """Zero random time and mel-bin bands (SpecAugment), inside each row's valid frames.
 
-        features : (B, frames, n_mels); returns a new tensor of the same shape.
+        features : (B, frames, n_mels); returns a new tensor of the same shape. The bands are
+        drawn on ``features.device`` (``generator`` must live there), with no host round trip.
         """
         config = self.config
         batch, frames, bins = features.shape
+        device = features.device
         keep = torch.ones_like(features, dtype=torch.bool)
-        draw = lambda high, count: torch.rand(batch, count, generator=generator).mul(high).floor()  # noqa: E731
-        frame_axis = torch.arange(frames)[None, None, :]
+
+        def draw(count: int) -> torch.Tensor:
+            return torch.rand(batch, count, generator=generator, device=device)
+
         if config.spec_time_masks and frames:
-            width = draw(config.spec_time_width + 1, config.spec_time_masks)
-            room = (frame_lengths.cpu()[:, None] - width).clamp(min=0)
-            start = (torch.rand(batch, config.spec_time_masks, generator=generator) * (room + 1)).floor()
-            hit = ((frame_axis >= start[..., None]) & (frame_axis < (start + width)[..., None])).any(dim=1)
-            keep &= ~hit.to(features.device)[:, :, None]
-        bin_axis = torch.arange(bins)[None, None, :]
+            width = draw(config.spec_time_masks).mul(config.spec_time_width + 1).floor()
+            room = (frame_lengths.to(device)[:, None] - width).clamp(min=0)
+            start = (draw(config.spec_time_masks) * (room + 1)).floor()
+            keep &= ~_bands(start, width, frames)[:, :, None]
         if config.spec_freq_masks:
-            width = draw(min(config.spec_freq_width, bins) + 1, config.spec_freq_masks)
-            start = (torch.rand(batch, config.spec_freq_masks, generator=generator) * (bins - width + 1)).floor()
-            hit = ((bin_axis >= start[..., None]) & (bin_axis < (start + width)[..., None])).any(dim=1)
-            keep &= ~hit.to(features.device)[:, None, :]
+            width = draw(config.spec_freq_masks).mul(min(config.spec_freq_width, bins) + 1).floor()
+            start = (draw(config.spec_freq_masks) * (bins - width + 1)).floor()
+            keep &= ~_bands(start, width, bins)[:, None, :]
         return features * keep
+
+
+def _bands(start: torch.Tensor, width: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, size) bool: positions inside any band ``[start, start + width)`` of start, width (B, masks)."""
+    axis = torch.arange(size, device=start.device)[None, None, :]
+    return ((axis >= start[..., None]) & (axis < (start + width)[..., None])).any(dim=1)

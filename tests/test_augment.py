@@ -120,3 +120,66 @@ def test_runs_on_gpu(folders, batch):
     augmenter = Augmenter(AugmentConfig(musan=str(musan), rirs=str(rirs), speed_factors=(0.9, 1.0, 1.1)), 3)
     out, new_labels = augmenter(waves.cuda(), labels.cuda())
     assert out.device.type == "cuda" and new_labels.device.type == "cuda"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from speakertrip.corpora.voxceleb import prepare_voxceleb
+    from speakertrip.data.manifest import read_manifest
+    from speakertrip.testing import make_voxceleb_tree
+
+    root = tmp_path_factory.mktemp("corpus")
+    tree = make_voxceleb_tree(root / "vox", num_speakers=6, sessions=2, utterances_per_session=2,
+                              duration=(0.6, 1.0), seed=4)
+    return read_manifest(prepare_voxceleb(tree, root / "data", workers=1, progress=False)["train"])
+
+
+def test_plans_read_in_workers_give_the_batches_of_the_main_process(folders, corpus):
+    """Noise and RIR crops are read with the batch (DataLoader workers); the batches do not depend on the
+    number of workers, and applying a plan on the device equals augmenting in one call with the same seed."""
+    from torch.utils.data import DataLoader
+
+    from speakertrip.data.datasets import CropDataset, TrainingBatches, as_batch
+    from speakertrip.data.sampler import PKSampler
+
+    musan, rirs = folders
+    crops = CropDataset(corpus, crop_seconds=0.5)
+    augmenter = Augmenter(AugmentConfig(musan=str(musan), rirs=str(rirs), speed_factors=(0.9, 1.0, 1.1)), 6)
+    sampler = PKSampler(crops.speaker_ids, p=3, k=2, seed=1, batches_per_epoch=4)
+    loaded = {workers: list(DataLoader(TrainingBatches(crops, augmenter, seed=7), sampler=sampler, batch_size=None,
+                                       collate_fn=as_batch, num_workers=workers))
+              for workers in (0, 2)}
+    kinds_seen = set()
+    for batch, again, items in zip(loaded[0], loaded[2], sampler):
+        for name, value in batch._asdict().items():
+            if name != "augment":
+                assert torch.equal(value, getattr(again, name)), name
+        plan = batch.augment
+        for name, value in plan._asdict().items():
+            assert value == getattr(again.augment, name) if name == "speed_counts" else \
+                torch.equal(value, getattr(again.augment, name)), name
+        out, labels = augmenter.apply(batch.waveforms, batch.lengths, plan)
+        augmenter.rng = np.random.default_rng([7, *(seed for _, seed in items)])
+        expected, expected_labels = augmenter(batch.waveforms, batch.labels, batch.lengths)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        assert torch.equal(labels, expected_labels) and torch.equal(labels % 6, batch.labels)
+        assert plan.noise.dtype == torch.int16  # 16-bit MUSAN files travel as int16, like speech crops
+        kinds_seen |= {"noise" if plan.noisy.any() else "", "reverb" if len(plan.rir_rows) else ""}
+    assert {"noise", "reverb"} <= kinds_seen
+
+
+def test_source_headers_are_read_once(folders, monkeypatch, tmp_path):
+    import speakertrip.audio.headers as headers
+
+    musan, rirs = folders
+    monkeypatch.setenv("SPEAKERTRIP_CACHE", str(tmp_path))
+    reads = []
+    real = headers.audio_info
+    monkeypatch.setattr(headers, "audio_info", lambda path: reads.append(path) or real(path))
+    config = AugmentConfig(musan=str(musan), weights={"noise": 1.0, "babble": 1.0})
+    first = Augmenter(config, 3).sources
+    assert len(reads) == 4  # 2 noise + 2 speech files
+    assert Augmenter(config, 3).sources == first and len(reads) == 4  # the second run reads no header
+    (musan / "noise" / "free-sound" / "noise-0000.wav").touch()  # a changed file is read again
+    Augmenter(config, 3)
+    assert len(reads) == 5

@@ -6,6 +6,13 @@ RIRS_NOISES (``<rirs>/simulated_rirs/**.wav`` and ``<rirs>/real_rirs_isotropic_n
 any other folder: every wav in it). Each row of a batch gets one of ``none / reverb / noise /
 music / babble`` with the configured weights; speed perturbation comes first, per speaker
 (so a P×K batch keeps its structure) and optionally as new speaker labels, as WeSpeaker does.
+
+The work is split so that a training step never waits for the host: :meth:`Augmenter.plan`
+draws a batch's choices and reads its noise and impulse-response crops on the host (in the
+DataLoader workers, int16 like the speech crops, arriving with the batch as an
+:class:`AugmentPlan`); :meth:`Augmenter.apply` only mixes, convolves and resamples on the
+device, with no host reads and no copies. Calling the augmenter does both, for use outside
+the trainer. The folders are scanned once: their headers are cached (see :mod:`.headers`).
 """
 
 from __future__ import annotations
@@ -14,12 +21,13 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-from speakertrip.audio import audio_info, load_audio, read_crop, to_float
+from speakertrip.audio.headers import HeaderCache, folder_cache
+from speakertrip.audio.io import load_audio, read_crop, to_float
 from speakertrip.errors import ConfigError
 
 KINDS = ("none", "reverb", "noise", "music", "babble")
@@ -81,6 +89,37 @@ def find_rirs(folder: str | Path) -> list[Path]:
     return _wav_files(folder, "room impulse responses")
 
 
+class AugmentPlan(NamedTuple):
+    """One batch's augmentation, drawn and read on the host; :meth:`to` moves it with the batch.
+
+    Attributes
+    ----------
+    labels : (B,) int64, after speed relabelling
+    speed_order : (B,) int64, the rows grouped by speed factor (in ``speed_factors`` order)
+    speed_counts : rows per speed factor (host ints; empty without speed perturbation)
+    noise : (S, T) int16 or float32, every noise, music and babble-voice crop of the batch
+    noise_rows : (S,) int64, the row each crop is added to (a babble row has several)
+    snr_db : (B,) float32, the SNR of each row with additive noise (0 elsewhere)
+    noisy : (B,) bool, rows with additive noise
+    rirs : (R, L) float32, unit-energy impulse responses, zero-padded
+    rir_rows : (R,) int64, the row each one reverberates
+    """
+
+    labels: torch.Tensor
+    speed_order: torch.Tensor
+    speed_counts: Sequence[int]
+    noise: torch.Tensor
+    noise_rows: torch.Tensor
+    snr_db: torch.Tensor
+    noisy: torch.Tensor
+    rirs: torch.Tensor
+    rir_rows: torch.Tensor
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> AugmentPlan:
+        return AugmentPlan(*(value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor)
+                             else value for value in self))
+
+
 class Augmenter:
     """Applies an :class:`AugmentConfig` to training batches.
 
@@ -98,9 +137,25 @@ class Augmenter:
         for kind in ("noise", "music", "babble"):
             if kind in self.kinds:
                 folder = Path(config.musan) / MUSAN_FOLDER[kind]
-                self.sources[kind] = [(p, self._frames(p)) for p in _wav_files(folder, f"{kind} (MUSAN layout)")]
+                self.sources[kind] = self._scan(folder, _wav_files(folder, f"{kind} (MUSAN layout)"))
         self.rirs = find_rirs(config.rirs) if "reverb" in self.kinds else []
         self.speeds = [factor for factor in config.speed_factors if factor != 1.0]
+        self._resamplers = {factor: _sinc_resampler(round(sample_rate * factor), sample_rate) for factor in self.speeds}
+        self._on_device: dict[tuple[float, torch.device], torch.Tensor] = {}
+
+    def _scan(self, folder: Path, files: list[Path]) -> list[tuple[Path, int]]:
+        """``(path, frames at the sample rate)`` of each file, headers from the folder's cache."""
+        cache = HeaderCache(folder_cache(folder, "augment"), root=folder)
+        frames = []
+        for path in files:
+            info = cache.info(path)
+            frames.append((path, info.frames * self.sample_rate // info.sample_rate))
+        if cache.reads:
+            try:
+                cache.save()
+            except OSError:
+                pass  # a read-only cache folder costs a re-read next run, nothing else
+        return frames
 
     @property
     def num_labels(self) -> int:
@@ -109,90 +164,163 @@ class Augmenter:
 
     def __call__(self, waveforms: torch.Tensor, labels: torch.Tensor,
                  lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augment a batch: waveforms (B, T) int16/float → float32 (B, T); labels (B,) → (B,)."""
-        waveforms = to_float(waveforms)
+        """Augment a batch: waveforms (B, T) int16/float → float32 (B, T); labels (B,) → (B,).
+
+        Draws with ``self.rng`` and reads the sources here (a host round trip for the labels);
+        the trainer instead gets the plan from its DataLoader workers and calls :meth:`apply`.
+        """
         batch, total = waveforms.shape
         if lengths is None:
-            lengths = torch.full((batch,), total)
-        lengths = lengths.to(waveforms.device)
+            lengths = torch.full((batch,), total, device=waveforms.device)
+        plan = self.plan(labels.cpu().numpy(), total, self.rng)
+        pinned = waveforms.device.type == "cuda"
+        plan = AugmentPlan(*(value.pin_memory() if pinned and isinstance(value, torch.Tensor) else value
+                             for value in plan))
+        return self.apply(waveforms, lengths.to(waveforms.device), plan.to(waveforms.device, non_blocking=True))
+
+    # ---------------------------------------------------------------- host side
+    def plan(self, labels: np.ndarray, total: int, rng: np.random.Generator) -> AugmentPlan:
+        """Draw a batch's augmentation with ``rng`` and read what it needs; ``labels`` (B,), rows of ``total`` samples."""
+        labels = np.asarray(labels, dtype=np.int64)
+        batch = len(labels)
+        speed_order, speed_counts = np.arange(batch), []
         if self.config.speed_factors:
-            waveforms, labels = self.perturb_speed(waveforms, labels, lengths)
-        kinds = self.rng.choice(len(self.kinds), size=batch, p=self.probabilities)
-        out = waveforms.clone()
+            labels, speed_order, speed_counts = self._plan_speed(labels, rng)
+        kinds = rng.choice(len(self.kinds), size=batch, p=self.probabilities)
+        noise: list[np.ndarray] = []
+        noise_rows: list[int] = []
+        snr = np.zeros(batch, np.float32)
+        rirs: list[torch.Tensor] = []
+        rir_rows = np.zeros(0, np.int64)
         for number, kind in enumerate(self.kinds):
-            rows = torch.as_tensor(np.flatnonzero(kinds == number), device=waveforms.device)
+            rows = np.flatnonzero(kinds == number)
             if kind == "none" or not len(rows):
                 continue
             if kind == "reverb":
-                rirs = [torch.from_numpy(load_audio(p, self.sample_rate)) for p in self._pick(self.rirs, len(rows))]
-                out[rows] = self.reverberate(waveforms[rows], rirs)
-            else:
-                noise = torch.stack([self._noise(kind, total) for _ in range(len(rows))]).to(waveforms.device)
-                low, high = getattr(self.config, f"{kind}_snr")
-                snr = torch.as_tensor(self.rng.uniform(low, high, len(rows)), dtype=torch.float32).to(waveforms.device)
-                out[rows] = add_noise(waveforms[rows], noise, snr, lengths[rows])
-        return out * (torch.arange(total, device=out.device) < lengths[:, None]), labels
+                rirs = [torch.from_numpy(load_audio(p, self.sample_rate)) for p in self._pick(rng, self.rirs, len(rows))]
+                rir_rows = rows
+                continue
+            for row in rows:
+                crops = self._noise(rng, kind, total)
+                noise += crops
+                noise_rows += [row] * len(crops)
+            low, high = getattr(self.config, f"{kind}_snr")
+            snr[rows] = rng.uniform(low, high, len(rows))
+        if len({crop.dtype for crop in noise}) > 1:  # int16 and float files mixed: all float
+            noise = [to_float(crop) for crop in noise]
+        return AugmentPlan(
+            labels=torch.from_numpy(labels), speed_order=torch.from_numpy(np.asarray(speed_order, np.int64)),
+            speed_counts=tuple(speed_counts),
+            noise=torch.from_numpy(np.stack(noise)) if noise else torch.zeros(0, total, dtype=torch.int16),
+            noise_rows=torch.tensor(noise_rows, dtype=torch.int64), snr_db=torch.from_numpy(snr),
+            noisy=torch.from_numpy(np.isin(np.arange(batch), noise_rows)),
+            rirs=pad_rirs(rirs), rir_rows=torch.from_numpy(rir_rows.astype(np.int64)))
 
-    def _pick(self, files: list, count: int) -> list:
-        return [files[i] for i in self.rng.integers(0, len(files), count)]
-
-    def _frames(self, path: Path) -> int:
-        info = audio_info(path)
-        return info.frames * self.sample_rate // info.sample_rate
-
-    def _read(self, path: Path, frames: int, total: int) -> torch.Tensor:
-        """A random ``total``-sample stretch of a file of ``frames`` samples, repeated if shorter."""
-        start = int(self.rng.integers(0, max(1, frames - total + 1)))
-        wave = to_float(read_crop(path, start, total, self.sample_rate))
-        return torch.from_numpy(np.resize(wave, total) if len(wave) else np.zeros(total, np.float32))
-
-    def _noise(self, kind: str, total: int) -> torch.Tensor:
-        if kind != "babble":
-            (path, frames), = self._pick(self.sources[kind], 1)
-            return self._read(path, frames, total)
-        low, high = self.config.babble_speakers
-        picked = self._pick(self.sources[kind], self.rng.integers(low, high + 1))
-        voices = [self._read(path, frames, total) for path, frames in picked]
-        return sum(voice / voice.square().mean().clamp(min=1e-10).sqrt() for voice in voices)
+    def _plan_speed(self, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """One factor per speaker (per row without ``speed_as_new_speakers``): new labels, rows by factor, counts."""
+        factors = self.config.speed_factors
+        if self.config.speed_as_new_speakers:
+            groups, inverse = np.unique(labels, return_inverse=True)
+        else:
+            groups, inverse = labels, np.arange(len(labels))
+        choice = rng.integers(0, len(factors), len(groups))[inverse]
+        if self.config.speed_as_new_speakers:
+            offsets = np.array([0 if f == 1.0 else (1 + self.speeds.index(f)) * self.num_speakers for f in factors])
+            labels = labels + offsets[choice]
+        return labels, np.argsort(choice, kind="stable"), np.bincount(choice, minlength=len(factors)).tolist()
 
     @staticmethod
-    def reverberate(waveforms: torch.Tensor, rirs: list[torch.Tensor]) -> torch.Tensor:
+    def _pick(rng: np.random.Generator, files: list, count: int) -> list:
+        return [files[i] for i in rng.integers(0, len(files), count)]
+
+    def _read(self, rng: np.random.Generator, path: Path, frames: int, total: int) -> np.ndarray:
+        """A random ``total``-sample stretch of a file of ``frames`` samples, repeated if shorter (int16 or float32)."""
+        start = int(rng.integers(0, max(1, frames - total + 1)))
+        wave = read_crop(path, start, total, self.sample_rate)
+        return np.resize(wave, total) if len(wave) else np.zeros(total, wave.dtype)
+
+    def _noise(self, rng: np.random.Generator, kind: str, total: int) -> list[np.ndarray]:
+        """The crops one row mixes in: one noise or music file, or several babble voices."""
+        count = 1 if kind != "babble" else rng.integers(self.config.babble_speakers[0],
+                                                        self.config.babble_speakers[1] + 1)
+        return [self._read(rng, path, frames, total) for path, frames in self._pick(rng, self.sources[kind], count)]
+
+    # ---------------------------------------------------------------- device side
+    def apply(self, waveforms: torch.Tensor, lengths: torch.Tensor,
+              plan: AugmentPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply a plan already on the device: waveforms (B, T), lengths (B,) → float32 (B, T), labels (B,).
+
+        No host reads, no copies, no data-dependent shapes: every size comes from the plan's shapes.
+        """
+        waveforms = to_float(waveforms)
+        total = waveforms.shape[1]
+        if plan.speed_counts:
+            waveforms = self.perturb_speed(waveforms, lengths, plan.speed_order, plan.speed_counts)
+        out = waveforms
+        if len(plan.rir_rows):
+            out = out.index_copy(0, plan.rir_rows, self.reverberate(waveforms[plan.rir_rows], plan.rirs))
+        if len(plan.noise_rows):
+            voices = to_float(plan.noise)
+            voices = voices / voices.square().mean(dim=1, keepdim=True).clamp(min=1e-10).sqrt()
+            noise = torch.zeros_like(waveforms).index_add_(0, plan.noise_rows, voices)
+            out = torch.where(plan.noisy[:, None], add_noise(waveforms, noise, plan.snr_db, lengths), out)
+        return out * (torch.arange(total, device=out.device) < lengths[:, None]), plan.labels
+
+    @staticmethod
+    def reverberate(waveforms: torch.Tensor, rirs: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Convolve each row with its RIR, normalised to unit energy; keep the first T samples.
 
-        waveforms (B, T); rirs B tensors (L_i,); returns (B, T).
+        waveforms (B, T); rirs (B, L) from :func:`pad_rirs` (or B tensors (L_i,), padded here); returns (B, T).
         """
         import torchaudio.functional
 
-        longest = max(len(rir) for rir in rirs)
-        kernels = torch.zeros(len(rirs), longest, device=waveforms.device)
-        for row, rir in enumerate(rirs):
-            kernels[row, : len(rir)] = rir.to(waveforms.device) / rir.square().sum().clamp(min=1e-10).sqrt()
-        return torchaudio.functional.fftconvolve(waveforms, kernels)[:, : waveforms.shape[1]]
+        kernels = pad_rirs(rirs) if isinstance(rirs, (list, tuple)) else rirs
+        return torchaudio.functional.fftconvolve(waveforms, kernels.to(waveforms.device))[:, : waveforms.shape[1]]
 
-    def perturb_speed(self, waveforms: torch.Tensor, labels: torch.Tensor,
-                      lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Resample each speaker's rows by one factor drawn from ``speed_factors`` (same length out:
-        slowed rows are cut, sped-up rows repeated); relabel when ``speed_as_new_speakers``."""
-        import torchaudio.functional
-
-        factors = self.config.speed_factors
-        groups, inverse = torch.unique(labels, return_inverse=True) if self.config.speed_as_new_speakers \
-            else (labels, torch.arange(len(labels), device=labels.device))
-        choice = torch.as_tensor(self.rng.integers(0, len(factors), len(groups)), device=labels.device)[inverse]
-        out, labels = waveforms.clone(), labels.clone()
+    def perturb_speed(self, waveforms: torch.Tensor, lengths: torch.Tensor, order: torch.Tensor,
+                      counts: Sequence[int]) -> torch.Tensor:
+        """Resample the rows of each speed factor (``order`` (B,) groups them, ``counts`` per factor); same length
+        out: slowed rows are cut, sped-up rows repeated."""
+        out = waveforms.clone()
         positions = torch.arange(waveforms.shape[1], device=waveforms.device)
-        for number, factor in enumerate(factors):
-            rows = torch.nonzero(choice == number).flatten()
-            if factor == 1.0 or not len(rows):
+        start = 0
+        for factor, count in zip(self.config.speed_factors, counts):
+            rows, start = order[start: start + count], start + count
+            if factor == 1.0 or not count:
                 continue
-            source = int(round(self.sample_rate * factor))
-            common = math.gcd(source, self.sample_rate)
-            changed = torchaudio.functional.resample(waveforms[rows], source // common, self.sample_rate // common)
+            changed = self._resample(waveforms[rows], factor)
             valid = torch.ceil(lengths[rows] / factor).long().clamp(1, changed.shape[1])
-            out[rows] = torch.gather(changed, 1, positions[None, :] % valid[:, None])
-            if self.config.speed_as_new_speakers:
-                labels[rows] += (1 + self.speeds.index(factor)) * self.num_speakers
-        return out, labels
+            out.index_copy_(0, rows, torch.gather(changed, 1, positions[None, :] % valid[:, None]))
+        return out
+
+    def _resample(self, waveforms: torch.Tensor, factor: float) -> torch.Tensor:
+        """``torchaudio.functional.resample`` from ``rate * factor`` to ``rate`` with a sinc kernel made once
+        (torchaudio rebuilds it on the host at every call) and moved to the device once."""
+        kernel, width, source, target = self._resamplers[factor]
+        key = (factor, waveforms.device)
+        if key not in self._on_device:
+            self._on_device[key] = kernel.to(waveforms.device)
+        padded = torch.nn.functional.pad(waveforms, (width, width + source))
+        resampled = torch.nn.functional.conv1d(padded[:, None], self._on_device[key], stride=source)
+        return resampled.transpose(1, 2).reshape(len(waveforms), -1)[:, : -(-target * waveforms.shape[1] // source)]
+
+
+def _sinc_resampler(source_rate: int, target_rate: int) -> tuple[torch.Tensor, int, int, int]:
+    """torchaudio's default sinc kernel from ``source_rate`` to ``target_rate``: (kernel, width, source, target)."""
+    import torchaudio.transforms
+
+    common = math.gcd(source_rate, target_rate)
+    resampler = torchaudio.transforms.Resample(source_rate // common, target_rate // common)
+    return resampler.kernel, resampler.width, source_rate // common, target_rate // common
+
+
+def pad_rirs(rirs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Impulse responses (L_i,) → (R, max L) float32, each scaled to unit energy, zero-padded."""
+    kernels = torch.zeros(len(rirs), max((len(rir) for rir in rirs), default=1))
+    for row, rir in enumerate(rirs):
+        rir = rir.float()
+        kernels[row, : len(rir)] = rir / rir.square().sum().clamp(min=1e-10).sqrt()
+    return kernels
 
 
 def add_noise(clean: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,10 @@ root (Vox1-O ``veri_test.txt``, Vox1-E ``list_test_all.txt``, Vox1-H ``list_test
 their cleaned ``...2.txt`` versions). The speakers of every list except Vox1-E/H (which span
 all of VoxCeleb1) are held out: ``test.jsonl`` holds them, ``train.jsonl`` the others, as
 VoxCeleb1 users train on "Vox1 dev" = Vox1 minus the Vox1-O speakers.
+
+Manifest paths are relative to the output folder, so the corpus and its prepared folder can be
+moved or mounted elsewhere together. Headers are cached in ``<out>/headers.tsv`` (keyed by the
+path under the root, with size and mtime): a re-run reads only new or changed files.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from speakertrip.audio.headers import HeaderCache
 from speakertrip.data.manifest import Utterance, build_utterances, write_manifest
 from speakertrip.data.trials import read_trials
 from speakertrip.errors import FormatError, SpeakertripError
@@ -31,21 +36,26 @@ AUDIO_SUFFIXES = (".wav", ".flac")
 SPEAKER = re.compile(r"^id\d+$")
 
 
-def find_voxceleb_files(root: Path) -> tuple[list[tuple[str, Path]], list[Path], int]:
+def find_voxceleb_files(root: Path, progress: bool = False) -> tuple[list[tuple[str, str]], list[Path], int]:
     """Walk ``root``: ``(utt_id, path)`` of audio files, official trial lists found, m4a count."""
+    from tqdm import tqdm
+
     audio, trial_lists, m4a = [], [], 0
+    bar = tqdm(desc="finding files", unit="file", unit_scale=True, disable=not progress, leave=False)
     for directory, subdirectories, files in os.walk(root):
+        bar.update(len(files))
         subdirectories.sort()
         parts = Path(directory).parts
         in_speaker_tree = len(parts) >= 2 and SPEAKER.match(parts[-2]) is not None
         for name in sorted(files):
             suffix = os.path.splitext(name)[1].lower()
             if in_speaker_tree and suffix in AUDIO_SUFFIXES:
-                audio.append((f"{parts[-2]}/{parts[-1]}/{name}", Path(directory, name)))
+                audio.append((f"{parts[-2]}/{parts[-1]}/{name}", os.path.join(directory, name)))
             elif in_speaker_tree and suffix == ".m4a":
                 m4a += 1
             elif name in OFFICIAL_TRIALS:
                 trial_lists.append(Path(directory, name))
+    bar.close()
     return audio, trial_lists, m4a
 
 
@@ -83,12 +93,19 @@ def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | P
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise SpeakertripError(f"{root}: no such corpus folder")
-    found, found_trials, m4a = find_voxceleb_files(root)
+    found, found_trials, m4a = find_voxceleb_files(root, progress)
     if not found:
         hint = f"; it holds {m4a} .m4a files: convert them first with `speakertrip convert`" if m4a else ""
         raise SpeakertripError(f"{root}: no audio in the VoxCeleb layout (idNNNNN/<video>/<utt>.wav){hint}")
-    entries = [(utt_id, utt_id.split("/")[0], path.resolve()) for utt_id, path in found]
-    utterances, dropped = build_utterances(entries, skip_bad=skip_bad, workers=workers, deep=deep, progress=progress)
+    entries = [(utt_id, utt_id.split("/")[0], os.path.abspath(path)) for utt_id, path in found]
+    headers = HeaderCache(out / "headers.tsv", root=root)
+    utterances, dropped = build_utterances(entries, skip_bad=skip_bad, workers=workers, deep=deep, progress=progress,
+                                           headers=headers)
+    headers.save()
+    # paths relative to the manifests' folder (every path starts with the root: it comes from walking it)
+    prefix, under = os.path.relpath(os.path.abspath(root), os.path.abspath(out)), len(os.path.abspath(root)) + 1
+    utterances = [Utterance(u.utt_id, u.spk_id, os.path.join(prefix, u.path[under:]), u.duration, u.sample_rate,
+                            u.num_frames) for u in utterances]
     paths = {"utts": write_manifest(utterances, out / "utts.jsonl")}
     known, dropped_ids = {u.utt_id for u in utterances}, {utt_id for utt_id, _ in dropped}
     held_out: set[str] = set()

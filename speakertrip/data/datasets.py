@@ -7,7 +7,7 @@ the training device (``speakertrip.audio.to_float`` or the frontend itself).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -17,16 +17,52 @@ from speakertrip.audio import read_crop, to_float
 from speakertrip.data.manifest import Utterance
 from speakertrip.errors import ConfigError
 
+if TYPE_CHECKING:
+    from speakertrip.audio.augment import Augmenter, AugmentPlan
+
 
 class Batch(NamedTuple):
-    """Training batch: waveforms (B, T) int16 or float32, lengths (B,) int64, labels (B,) int64."""
+    """Training batch: waveforms (B, T) int16 or float32, lengths (B,) int64, labels (B,) int64, and the
+    batch's :class:`~speakertrip.audio.augment.AugmentPlan` when it was read with augmentation."""
 
     waveforms: torch.Tensor
     lengths: torch.Tensor
     labels: torch.Tensor
+    augment: AugmentPlan | None = None
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        return Batch(*(tensor.to(device, non_blocking=non_blocking) for tensor in self))
+        return Batch(*(None if value is None else value.to(device, non_blocking=non_blocking) for value in self))
+
+
+class TrainingBatches(Dataset):
+    """Whole training batches, read in one go (in a DataLoader worker): the crops of a
+    :class:`~speakertrip.data.sampler.PKSampler` batch and, with an ``augmenter``, the noise and
+    impulse-response crops its augmentation plan needs.
+
+    The plan is drawn from a generator seeded with ``seed`` and the batch's crop seeds, so a
+    batch is the same whichever worker reads it, with any number of workers, and again on
+    resume. Use with ``DataLoader(batches, sampler=pk_sampler, batch_size=None,
+    collate_fn=as_batch)``.
+    """
+
+    def __init__(self, crops: CropDataset, augmenter: Augmenter | None = None, seed: int = 0):
+        self.crops, self.augmenter, self.seed = crops, augmenter, seed
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, items: Sequence[tuple[int, int]]) -> Batch:
+        batch = collate_crops([self.crops[item] for item in items])
+        if self.augmenter is None:
+            return batch
+        rng = np.random.default_rng([self.seed, *(seed for _, seed in items)])
+        plan = self.augmenter.plan(batch.labels.numpy(), batch.waveforms.shape[1], rng)
+        return batch._replace(augment=plan)
+
+
+def as_batch(batch: Batch) -> Batch:
+    """The DataLoader's ``collate_fn`` for :class:`TrainingBatches` (its items are batches already)."""
+    return batch
 
 
 def _pad_stack(waves: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

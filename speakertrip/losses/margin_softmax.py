@@ -10,6 +10,7 @@ from torch import nn
 
 from speakertrip.errors import ConfigError
 from speakertrip.losses.base import LOSSES, check_inputs, check_margin, full_precision
+from speakertrip.losses.selection import fixed_layout
 
 
 @LOSSES.register("aam")
@@ -65,7 +66,7 @@ class AAMSoftmax(nn.Module):
         else:
             shifted = torch.where(clamped > -math.cos(self.margin), shifted,
                                   clamped - math.sin(self.margin) * self.margin)
-        target = F.one_hot(labels.long(), cosine.shape[1]).bool()
+        target = torch.zeros_like(cosine, dtype=torch.bool).scatter_(1, labels.long()[:, None], True)  # one_hot reads max
         return self.scale * torch.where(target, shifted, clamped), cosine
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,7 @@ class AAMSoftmax(nn.Module):
         if embeddings.shape[1] != self.weight.shape[1]:
             raise ValueError(f"AAMSoftmax: embeddings have dimension {embeddings.shape[1]}, "
                              f"the head was built for {self.weight.shape[1]}")
-        if len(labels):
+        if len(labels) and not fixed_layout():  # reads two device values: not on the training hot path
             low, high = torch.stack([labels.min(), labels.max()]).tolist()
             if low < 0 or high >= len(self.weight):
                 raise ValueError(f"AAMSoftmax: labels must lie in 0..{len(self.weight) - 1} "

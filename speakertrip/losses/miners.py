@@ -14,7 +14,7 @@ import torch
 
 from speakertrip.errors import ConfigError
 from speakertrip.losses.distances import unit_sphere_euclidean
-from speakertrip.losses.selection import AnchorSets, Triplets, label_masks
+from speakertrip.losses.selection import AnchorSets, Triplets, fixed_layout, label_masks, positive_pairs
 from speakertrip.options import check_count, construct
 from speakertrip.registry import Registry
 
@@ -59,11 +59,17 @@ class Miner(ABC):
         return f"{type(self).__name__}({options})"
 
 
-def all_pairs(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Anchor and positive indices (M,) of every positive pair, and the (B, B) negative mask."""
-    positive, negative = label_masks(labels)
-    anchors, positives = positive.nonzero(as_tuple=True)
-    return anchors, positives, negative
+def all_pairs(labels: torch.Tensor) -> tuple[Triplets, torch.Tensor]:
+    """Every positive pair as :class:`Triplets` with the anchors' negatives (per anchor), and the (B, B)
+    negative mask (a fixed-size layout inside :func:`~speakertrip.losses.selection.grouped_batch`)."""
+    _, negative = label_masks(labels)
+    anchors, positives, valid, width = positive_pairs(labels)
+    return Triplets(anchors, positives, negative, True, valid, width), negative
+
+
+def with_negatives(pairs: Triplets, negatives: torch.Tensor) -> Triplets:
+    """``pairs`` with per-pair ``negatives`` (M, B)."""
+    return Triplets(pairs.anchors, pairs.positives, negatives, False, pairs.valid, pairs.width)
 
 
 @MINERS.register("batch_all")
@@ -71,8 +77,7 @@ class BatchAllMiner(Miner):
     """Every valid triplet: each positive pair with every negative of its anchor."""
 
     def mine(self, dist, labels, embeddings):
-        anchors, positives, negative = all_pairs(labels)
-        return Triplets(anchors, positives, negative, per_anchor=True)
+        return all_pairs(labels)[0]
 
 
 @MINERS.register("batch_hard")
@@ -81,8 +86,12 @@ class BatchHardMiner(Miner):
 
     def mine(self, dist, labels, embeddings):
         positive, negative = label_masks(labels)
-        anchors = (positive.any(dim=1) & negative.any(dim=1)).nonzero(as_tuple=True)[0]
+        usable = positive.any(dim=1) & negative.any(dim=1)
         farthest = dist.masked_fill(~positive, -math.inf).argmax(dim=1)
+        if fixed_layout():  # every row is an anchor, unusable ones masked: no nonzero
+            anchors = torch.arange(len(labels), device=labels.device)
+            return Triplets(anchors, farthest, hardest_negative(dist, negative), True, usable, 1)
+        anchors = usable.nonzero(as_tuple=True)[0]
         return Triplets(anchors, farthest[anchors], hardest_negative(dist, negative), per_anchor=True)
 
 
@@ -101,12 +110,12 @@ class SemiHardMiner(Miner):
         self.margin = float(margin)
 
     def mine(self, dist, labels, embeddings):
-        anchors, positives, negative = all_pairs(labels)
-        rows, candidates = dist[anchors], negative[anchors]
-        ap = dist[anchors, positives][:, None]
+        pairs, negative = all_pairs(labels)
+        rows, candidates = dist[pairs.anchors], negative[pairs.anchors]
+        ap = dist[pairs.anchors, pairs.positives][:, None]
         band = candidates & (rows > ap) & (rows < ap + self.margin)
         fallback = hardest_negative(rows, candidates)
-        return Triplets(anchors, positives, torch.where(band.any(dim=1, keepdim=True), band, fallback))
+        return with_negatives(pairs, torch.where(band.any(dim=1, keepdim=True), band, fallback))
 
 
 @MINERS.register("hardest_k")
@@ -117,8 +126,9 @@ class HardestKMiner(Miner):
         self.k = check_count(k, "hardest_k miner: k")
 
     def mine(self, dist, labels, embeddings):
-        anchors, positives, negative = all_pairs(labels)
-        return Triplets(anchors, positives, k_extreme(dist, negative, self.k, largest=False), per_anchor=True)
+        pairs, negative = all_pairs(labels)
+        pairs.negatives = k_extreme(dist, negative, self.k, largest=False)
+        return pairs
 
 
 class SamplingMiner(Miner):
@@ -133,6 +143,7 @@ class SamplingMiner(Miner):
         if self.seed is not None and (self._generator is None or self._generator.device != weights.device):
             self._generator = torch.Generator(device=weights.device).manual_seed(self.seed)
         rows = weights[anchors]
+        rows = torch.where(rows.sum(dim=1, keepdim=True) > 0, rows, 1.0)  # their pairs are already marked invalid
         chosen = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
         if len(rows):
             index = torch.multinomial(rows, 1, generator=self._generator if self.seed is not None else None)
@@ -145,10 +156,9 @@ class RandomNegativeMiner(SamplingMiner):
     """Per positive pair, one negative of its anchor drawn uniformly (``seed`` for reproducibility)."""
 
     def mine(self, dist, labels, embeddings):
-        anchors, positives, negative = all_pairs(labels)
-        keep = negative[anchors].any(dim=1)
-        anchors, positives = anchors[keep], positives[keep]
-        return Triplets(anchors, positives, self.draw(negative.to(dist.dtype), anchors))
+        pairs, negative = all_pairs(labels)
+        pairs = pairs.subset(negative[pairs.anchors].any(dim=1))
+        return with_negatives(pairs, self.draw(negative.to(dist.dtype), pairs.anchors))
 
 
 @MINERS.register("distance_weighted")
@@ -169,9 +179,8 @@ class DistanceWeightedMiner(SamplingMiner):
         self.cutoff, self.nonzero_loss_cutoff = float(cutoff), float(nonzero_loss_cutoff)
 
     def mine(self, dist, labels, embeddings):
-        anchors, positives, negative = all_pairs(labels)
-        keep = negative[anchors].any(dim=1)
-        anchors, positives = anchors[keep], positives[keep]
+        pairs, negative = all_pairs(labels)
+        pairs = pairs.subset(negative[pairs.anchors].any(dim=1))
         unit_dist = unit_sphere_euclidean(embeddings.to(dist.dtype))
         d = unit_dist.clamp(self.cutoff, 2.0 - 1e-4)
         dim = embeddings.shape[1]
@@ -182,7 +191,7 @@ class DistanceWeightedMiner(SamplingMiner):
         weights = (log_weights - peak).exp()
         uniform = negative.to(weights.dtype)
         weights = torch.where(allowed.any(dim=1, keepdim=True), weights, uniform)
-        return Triplets(anchors, positives, self.draw(weights, anchors))
+        return with_negatives(pairs, self.draw(weights, pairs.anchors))
 
 
 class AnchorSetMiner:

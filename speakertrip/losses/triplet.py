@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speakertrip.losses.base import LOSSES, REDUCTIONS, check_choice, check_inputs, check_margin, full_precision, reduce
+from speakertrip.losses.base import (LOSSES, REDUCTIONS, check_choice, check_inputs, check_margin,
+                                     full_precision, masked_mean, reduce)
 from speakertrip.losses.distances import DISTANCES, pairwise_distances
 from speakertrip.losses.miners import Miner, build_miner
 from speakertrip.losses.selection import Triplets
@@ -76,7 +77,8 @@ class TripletLoss(nn.Module):
             with torch.no_grad():
                 self.last_stats = {
                     "active_fraction": active / count.clamp_min(1),
-                    "positive_distance": positive.detach().mean(),
+                    "positive_distance": positive.detach().mean() if triplets.valid is None
+                    else masked_mean(positive, triplets.valid),
                     "negative_distance": negative_sum(dist, triplets) / count,
                 }
             return reduce(total, count, nonzero, self.reduction)
@@ -92,10 +94,17 @@ def penalty_sum(dist: torch.Tensor, triplets: Triplets, thresholds: torch.Tensor
 
     Returns the differentiable total (0-dim) and the number of triplets with t − d(a,n) > 0.
     """
+    if triplets.valid is not None:
+        thresholds = thresholds.masked_fill(~triplets.valid, -math.inf)
+    negatives = triplets.negatives
+    if triplets.width is not None:  # already a (B, W) table: no sort, no host read
+        table = thresholds.view(len(dist), triplets.width)
+        if not triplets.per_anchor:
+            negatives = negatives.view(len(dist), triplets.width, len(dist))
+        return SlotPenaltySum.apply(dist, table, negatives, soft_margin)
     order, slot, width = pair_slots(triplets.anchors, len(dist))
     anchors = triplets.anchors[order]
     table = dist.new_full((len(dist), width), -math.inf).index_put((anchors, slot), thresholds[order])
-    negatives = triplets.negatives
     if not triplets.per_anchor:
         negatives = negatives.new_zeros((len(dist), width, len(dist))).index_put((anchors, slot), negatives[order])
     return SlotPenaltySum.apply(dist, table, negatives, soft_margin)
@@ -105,5 +114,7 @@ def negative_sum(dist: torch.Tensor, triplets: Triplets) -> torch.Tensor:
     """Detached sum of ``d(a,n)`` over the selected triplets."""
     dist = dist.detach()
     if triplets.per_anchor:
-        return ((dist * triplets.negatives).sum(dim=1)[triplets.anchors]).sum()
-    return (dist[triplets.anchors] * triplets.negatives).sum()
+        per_pair = (dist * triplets.negatives).sum(dim=1)[triplets.anchors]
+    else:
+        per_pair = (dist[triplets.anchors] * triplets.negatives).sum(dim=1)
+    return (per_pair if triplets.valid is None else per_pair * triplets.valid).sum()

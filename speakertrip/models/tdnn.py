@@ -19,6 +19,8 @@ class MaskedStatisticsPooling(nn.Module):
     """Mean and standard deviation over valid frames: (B, frames, C) → (B, 1, 2C).
 
     The standard deviation is unbiased (like ``torch.std``) plus ``eps``, as in SpeechBrain.
+    Computed in float32 even under autocast (counts, means and variances lose too many digits
+    in bfloat16); the output is float32 (float64 stays float64).
     """
 
     def __init__(self, eps: float = 1e-5):
@@ -29,6 +31,10 @@ class MaskedStatisticsPooling(nn.Module):
         frames = x.shape[1]
         if frame_lengths is None:
             frame_lengths = torch.full((x.shape[0],), frames, device=x.device)
+        with torch.autocast(x.device.type, enabled=False):
+            return self._pool(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, frame_lengths, frames)
+
+    def _pool(self, x: torch.Tensor, frame_lengths: torch.Tensor, frames: int) -> torch.Tensor:
         counts = frame_lengths.to(x.device).clamp(1, frames)
         mask = (torch.arange(frames, device=x.device)[None, :] < counts[:, None]).to(x.dtype)[..., None]
         counts = counts.to(x.dtype)[:, None]

@@ -2,8 +2,8 @@
 
 A checkpoint is a dict of tensors and plain containers (no pickled objects): ``model`` (state
 dict of the model and any loss parameters), ``optimizer``, ``position`` (epoch, batch within the
-epoch, global step), ``rng`` (torch CPU and CUDA generator states), ``best``, ``metrics`` and the
-resolved ``config``.
+epoch, global step), ``rng`` (``{"ranks": [...]}``: every rank's torch CPU and own CUDA
+generator states), ``world_size``, ``best``, ``metrics`` and the resolved ``config``.
 """
 
 from __future__ import annotations
@@ -39,18 +39,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def rng_state() -> dict[str, Any]:
-    """The torch generators' states (CPU, and every CUDA device when available), as uint8 tensors."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """This process's generator states as uint8 tensors: torch's CPU generator and, when ``device`` is a
+    GPU, that GPU's (only this process's own device: another job may see fewer GPUs)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: Mapping[str, Any]) -> None:
+def restore_rng_state(state: Mapping[str, Any], device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` saved; the GPU state goes to ``device`` (when it is a GPU).
+
+    Checkpoints of earlier versions hold a list with every visible GPU's state: the entry of
+    ``device``'s index is used when there is one, whatever the number of GPUs visible now.
+    """
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):
+        index = device.index or 0
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def average_state_dicts(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -99,14 +99,16 @@ class _GatherWithGradient(torch.autograd.Function):
         return grad[ctx.start: ctx.stop], None
 
 
-def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor,
+                 sizes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """All ranks' ``embeddings`` (B_r, D) and ``labels`` (B_r,) concatenated in rank order.
 
     Gradients flow back to this rank's rows only, scaled so that DDP's averaged parameter
     gradients equal those of a single process on the concatenated batch (the local embeddings'
     own ``.grad`` is therefore ``world_size`` times that process's). Every rank must call it at
     every step (it is a collective). Without an initialised process group of more than one
-    rank it returns its inputs unchanged.
+    rank it returns its inputs unchanged. ``sizes`` (every rank's B_r, in rank order) saves an
+    all-gather of the sizes and a host read per call when the caller knows them (P×K batches).
 
     >>> e, y = gather_batch(torch.ones(2, 3), torch.tensor([0, 1]))  # single process: a no-op
     >>> e.shape, y.tolist()
@@ -116,5 +118,9 @@ def gather_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
         return embeddings, labels
     if len(labels) != len(embeddings):
         raise ValueError(f"gather_batch: {len(embeddings)} embeddings but {len(labels)} labels")
-    sizes = _gather_sizes(len(embeddings), embeddings.device)
+    if sizes is None:
+        sizes = _gather_sizes(len(embeddings), embeddings.device)
+    elif len(sizes) != dist.get_world_size() or sizes[dist.get_rank()] != len(embeddings):
+        raise ValueError(f"gather_batch: sizes {sizes} do not fit {dist.get_world_size()} ranks with "
+                         f"{len(embeddings)} rows on rank {dist.get_rank()}")
     return _GatherWithGradient.apply(embeddings, sizes), _all_gather_rows(labels, sizes)

@@ -15,6 +15,7 @@ PosixPath('exp/ecapa_triplet')
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -22,17 +23,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
 from speakertrip.errors import ConfigError
+from speakertrip.losses.selection import grouped_batch
 from speakertrip.training.averaging import build_model, export_model, list_snapshots, snapshot_path
 from speakertrip.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from speakertrip.training.config import TrainConfig, save_config
 from speakertrip.training.distributed import Distributed, cleanup_distributed, gather_batch, setup_distributed
 from speakertrip.training.metrics_log import MetricsLog, plot_curves
+from speakertrip.training.step_timer import StepTimer
 from speakertrip.training.schedule import build_optimizer, learning_rate, set_learning_rate, warmup_steps
 
 INACTIVE_FRACTION = 0.01  # below this active-triplet fraction the loss has (almost) nothing to learn from
@@ -40,11 +43,16 @@ INACTIVE_FRACTION = 0.01  # below this active-triplet fraction the loss has (alm
 
 class TrainingModule(nn.Module):
     """The embedding model and the loss in one module, so that DDP averages the gradients of both
-    (an AAM head has weights) and the cross-rank gather happens inside ``forward``."""
+    (an AAM head has weights) and the cross-rank gather happens inside ``forward``.
 
-    def __init__(self, model: nn.Module, criterion: nn.Module):
+    ``group_size`` K says that every batch is P×K (every label K times on every rank): the
+    gather and the losses then use fixed sizes and skip their checks, so a step never waits
+    for the device (see :func:`speakertrip.losses.selection.grouped_batch`).
+    """
+
+    def __init__(self, model: nn.Module, criterion: nn.Module, group_size: int | None = None):
         super().__init__()
-        self.model, self.criterion = model, criterion
+        self.model, self.criterion, self.group_size = model, criterion, group_size
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
                 amp_dtype: torch.dtype | None) -> torch.Tensor:
@@ -53,8 +61,13 @@ class TrainingModule(nn.Module):
         with torch.autocast(device_type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             embeddings = self.model(waveforms, lengths)
         with torch.autocast(device_type, enabled=False):
-            embeddings, labels = gather_batch(embeddings.float(), labels)
-            return self.criterion(embeddings, labels)
+            if self.group_size is None:
+                embeddings, labels = gather_batch(embeddings.float(), labels)
+                return self.criterion(embeddings, labels)
+            sizes = [len(labels)] * (dist.get_world_size() if dist.is_initialized() else 1)
+            embeddings, labels = gather_batch(embeddings.float(), labels, sizes)
+            with grouped_batch(self.group_size):
+                return self.criterion(embeddings, labels)
 
 
 class ActivityWatch:
@@ -89,7 +102,7 @@ class Trainer:
         from torch.utils.data import DataLoader
 
         from speakertrip.audio.augment import Augmenter
-        from speakertrip.data.datasets import CropDataset, collate_crops
+        from speakertrip.data.datasets import CropDataset, TrainingBatches, as_batch
         from speakertrip.data.manifest import read_manifest
         from speakertrip.data.sampler import PKSampler
         from speakertrip.losses import build_loss
@@ -117,16 +130,17 @@ class Trainer:
                                  num_replicas=distributed.world_size, rank=distributed.rank,
                                  batches_per_epoch=config.data.batches_per_epoch,
                                  short_speakers=config.data.short_speakers)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        workers = min(config.data.workers, cores)
-        if workers < config.data.workers and distributed.is_main:
-            print(f"data.workers {config.data.workers} lowered to {workers}: the cores this process may use")
-        self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate_crops,
-                                 num_workers=workers, pin_memory=device.type == "cuda",
-                                 prefetch_factor=4 if workers else None,
-                                 generator=torch.Generator().manual_seed(loop.seed))  # leaves the global RNG alone
         self.augmenter = Augmenter(config.augment, num_speakers, config.features.sample_rate, loop.seed) \
             if config.augment else None
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = min(config.data.workers, cores)  # each reads whole batches: crops and their noise/RIR crops
+        if workers < config.data.workers and distributed.is_main:
+            print(f"data.workers {config.data.workers} lowered to {workers}: the cores this process may use")
+        self.loader = DataLoader(TrainingBatches(self.dataset, self.augmenter, loop.seed), sampler=self.sampler,
+                                 batch_size=None, collate_fn=as_batch, num_workers=workers,
+                                 pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                                 persistent_workers=workers > 0,
+                                 generator=torch.Generator().manual_seed(loop.seed))  # leaves the global RNG alone
         num_classes = self.augmenter.num_labels if self.augmenter else num_speakers
 
         self.model = build_model(config)
@@ -136,7 +150,9 @@ class Trainer:
             initialise(self.model, config.model.init_from)
         criterion = build_loss(config.loss.kind, embedding_dim=self.model.embedding_dim, num_classes=num_classes,
                                **config.loss.options)
-        self.module = TrainingModule(self.model, criterion).to(device)
+        self.module = TrainingModule(self.model, criterion, group_size=config.loss.k).to(device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels once
         if loop.compile:  # in place, so that state-dict keys (checkpoints, snapshots) stay the same
             self.model.encoder.compile()
         self.wrapped: nn.Module = self.module
@@ -154,13 +170,27 @@ class Trainer:
         self.batch_size = distributed.world_size * config.loss.p * config.loss.k
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best: dict[str, Any] = {}
+        self._window: list[dict[str, torch.Tensor]] = []
+        self.timer = StepTimer(device)  # data wait against compute, per logging window
+        self.activity = ActivityWatch(warmup_steps(config.schedule, self.total_steps),
+                                      max(2 * loop.log_every, self.total_steps // 20))
         torch.manual_seed(loop.seed + distributed.rank)  # different dropout / SpecAugment draws per rank
 
     # ---------------------------------------------------------------- state
-    def state(self) -> dict[str, Any]:
+    def state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "rng": rng_state(), "best": dict(self.best), "config": self.config.to_dict()}
+                "rng": {"ranks": rng_states}, "world_size": self.dist.world_size, "best": dict(self.best),
+                "config": self.config.to_dict()}
+
+    def rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's generator states, in rank order (a collective: every rank calls it)."""
+        own = rng_state(self.device)
+        if not self.dist.enabled:
+            return [own]
+        states: list[Any] = [None] * self.dist.world_size
+        dist.all_gather_object(states, own)
+        return [{key: value.cpu() for key, value in state.items()} for state in states]
 
     def load(self, path: Path) -> None:
         checkpoint = load_checkpoint(path)
@@ -171,14 +201,25 @@ class Trainer:
         changed = _differences(checkpoint.get("config", {}), self.config.to_dict())
         if changed:
             warnings.warn(f"resuming {path} with a changed config: {', '.join(changed)}", stacklevel=2)
-        if self.dist.is_main:  # rank 0's RNG continues exactly; other ranks (not saved) get fresh streams
-            restore_rng_state(checkpoint["rng"])
+        saved_world = checkpoint.get("world_size", self.dist.world_size)
+        if saved_world != self.dist.world_size:
+            raise ConfigError(f"{path} was written by a run of {saved_world} processes, this one has "
+                              f"{self.dist.world_size}: the P×K sampler plans every epoch for the world size, so the "
+                              f"run would not continue where it stopped; resume with --nproc_per_node {saved_world}, "
+                              "or start a new run with model.init_from")
+        ranks = checkpoint["rng"].get("ranks")
+        if ranks is not None:  # every rank continues exactly
+            restore_rng_state(ranks[self.dist.rank], self.device)
+        elif self.dist.is_main:  # older checkpoints: rank 0's state only; other ranks get fresh streams
+            restore_rng_state(checkpoint["rng"], self.device)
         else:
             torch.manual_seed(self.config.train.seed + self.dist.rank + 7919 * self.step)
 
     def save(self, name: str = "last.pt") -> None:
+        """Write a checkpoint on rank 0 (a collective: every rank calls it, to hand over its RNG state)."""
+        rng_states = self.rng_states()
         if self.dist.is_main:
-            save_checkpoint(self.state(), self.checkpoints / name)
+            save_checkpoint(self.state(rng_states), self.checkpoints / name)
 
     def snapshot(self) -> None:
         """Model weights at this step, for averaging; only the newest ``average_last`` are kept."""
@@ -204,29 +245,31 @@ class Trainer:
             from speakertrip.data.manifest import read_manifest
 
             self.dev = read_manifest(self.config.data.dev)
-        self._window: list[dict[str, torch.Tensor]] = []
-        self._window_start = time.perf_counter()
-        self.activity = ActivityWatch(warmup_steps(self.config.schedule, self.total_steps),
-                                      max(2 * loop.log_every, self.total_steps // 20))
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (main and loop.progress), unit="step",
                    desc="train", dynamic_ncols=True)
         started = time.perf_counter()
+        self.timer.restart()
         while self.step < self.total_steps:
             self.sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
             for batch in self.loader:
+                self.timer.batch_ready()
                 self.train_step(batch)
+                self.timer.step_done()
                 bar.update(1)
                 if self.step % loop.log_every == 0 or self.step == self.total_steps:
                     bar.set_postfix(self.log_window(), refresh=False)
                 end_of_epoch = self.batch_in_epoch == self.steps_per_epoch
                 if loop.validate_every and self.step % loop.validate_every == 0 and not end_of_epoch:
                     self.validate()
+                    self.timer.restart()  # not time spent waiting for data
                 if loop.checkpoint_every and self.step % loop.checkpoint_every == 0 and not end_of_epoch:
                     self.save()
+                    self.timer.restart()
                 if self.step >= self.total_steps:
                     break
             if self.batch_in_epoch == self.steps_per_epoch:
                 self.end_epoch()
+                self.timer.restart()
         bar.close()
         if not list_snapshots(self.checkpoints) or self.batch_in_epoch:
             self.snapshot()  # ended mid-epoch: the final weights join the average
@@ -239,9 +282,8 @@ class Trainer:
 
         batch = batch.to(self.device, non_blocking=True)
         waveforms, lengths, labels = to_float(batch.waveforms), batch.lengths, batch.labels
-        if self.augmenter is not None:  # its draws are a function of (seed, rank, step): exact on resume
-            self.augmenter.rng = np.random.default_rng([self.config.train.seed, self.dist.rank, self.step])
-            waveforms, labels = self.augmenter(waveforms, labels, lengths)
+        if batch.augment is not None:  # drawn and read in the loader from the batch's seeds: exact on resume
+            waveforms, labels = self.augmenter.apply(waveforms, lengths, batch.augment)
         set_learning_rate(self.optimizer, learning_rate(self.step, self.total_steps, self.config.optim.lr,
                                                         self.config.schedule))
         self.module.train()
@@ -258,19 +300,29 @@ class Trainer:
         self.batch_in_epoch += 1
 
     def log_window(self) -> dict[str, str]:
-        """Write the mean of the steps since the last log (one device sync); returns the progress-bar fields."""
+        """Write the means of the steps since the last log (one device sync): the losses' statistics, the
+        learning rate, utt/s, data wait and compute per step and the data-wait fraction, the GPU memory peak.
+        Returns the progress-bar fields."""
         if not self._window:
             return {}
-        elapsed = time.perf_counter() - self._window_start
-        means = {key: float(torch.stack([r[key].float() for r in self._window if key in r]).mean())
-                 for key in self._window[-1]}
+        keys = list(self._window[-1])
+        values = torch.stack([torch.stack([r[key].float() for r in self._window if key in r]).mean() for key in keys])
+        means = dict(zip(keys, values.tolist()))
         means["lr"] = self.optimizer.param_groups[0]["lr"]
-        means["utt_per_s"] = len(self._window) * self.batch_size / max(elapsed, 1e-9)
-        self._window, self._window_start = [], time.perf_counter()
+        timed = self.timer.window()
+        steps = max(timed.steps, 1)
+        means["utt_per_s"] = timed.steps * self.batch_size / max(timed.data_seconds + timed.compute_seconds, 1e-9)
+        means.update(data_ms=1e3 * timed.data_seconds / steps, step_ms=1e3 * timed.compute_seconds / steps,
+                     data_fraction=timed.data_fraction)
+        if self.device.type == "cuda":
+            means["gpu_mem_peak_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._window = []
         if self.dist.is_main:
             self.log.write(kind="step", step=self.step, epoch=self.epoch, **means)
         self.watch_active_fraction(means.get("active_fraction"))
-        shown = {"loss": f"{means['loss']:.4f}", "lr": f"{means['lr']:.2e}", "utt/s": f"{means['utt_per_s']:.0f}"}
+        shown = {"loss": f"{means['loss']:.4f}", "lr": f"{means['lr']:.2e}", "utt/s": f"{means['utt_per_s']:.0f}",
+                 "data": f"{100 * means['data_fraction']:.0f}%"}
         if "active_fraction" in means:
             shown["active"] = f"{means['active_fraction']:.3f}"
         return shown
@@ -295,20 +347,26 @@ class Trainer:
                            batch=self.batch_size)
 
     def validate(self) -> None:
-        """Dev EER/minDCF on rank 0 (others wait); keeps ``best.pt`` by EER."""
+        """Dev EER/minDCF, the dev embedding shared by every rank; keeps ``best.pt`` by EER.
+
+        A compiled encoder runs eagerly here: dev batches vary in size and length, and each new
+        shape would compile again.
+        """
         if self.dev is None:
             return
         from speakertrip.training.validation import validate
 
+        stance = torch.compiler.set_stance("force_eager") if self.config.train.compile else contextlib.nullcontext()
+        with stance:
+            metrics = validate(self.model, self.dev, self.config.data.dev_trials, device=self.device,
+                               rank=self.dist.rank, world_size=self.dist.world_size)
         if self.dist.is_main:
-            metrics = validate(self.model, self.dev, self.config.data.dev_trials, device=self.device)
             self.log.write(kind="validation", step=self.step, epoch=self.epoch, **metrics)
             tqdm.write(f"step {self.step}: dev EER {100 * metrics['eer']:.2f} %, "
                        f"minDCF(0.01) {metrics['min_dcf_0.01']:.3f}")
-            if not self.best or metrics["eer"] < self.best["eer"]:
-                self.best = {"eer": metrics["eer"], "step": self.step}
-                self.save("best.pt")
-        self.dist.barrier()
+        if not self.best or metrics["eer"] < self.best["eer"]:  # every rank has the same metrics
+            self.best = {"eer": metrics["eer"], "step": self.step}
+            self.save("best.pt")
 
     def finish(self, seconds: float) -> Path:
         """Average the last snapshots into ``model/``, plot the curves, print a summary table."""
@@ -318,11 +376,13 @@ class Trainer:
         model_dir, evaluation = export_model(self.config, snapshots, self.exp_dir / "model", device=self.device)
         records = self.log.read()
         plot_curves(records, self.exp_dir / "curves.png")
-        last = next((r for r in reversed(records) if r.get("kind") == "step"), {})
+        steps = [r for r in records if r.get("kind") == "step"]
+        last = steps[-1] if steps else {}
         rows = [("steps", f"{self.step} ({self.epoch} epochs of {self.steps_per_epoch})"),
                 ("batch", f"{self.config.loss.p * self.dist.world_size} speakers x {self.config.loss.k}"),
                 ("final loss", f"{last.get('loss', math.nan):.4f}"),
                 ("time", f"{seconds:.1f} s")]
+        rows += throughput_rows(steps)
         if "eer" in evaluation:
             rows += [("dev EER (averaged model)", f"{100 * evaluation['eer']:.2f} %"),
                      ("dev minDCF(0.01)", f"{evaluation['min_dcf_0.01']:.4f}"),
@@ -331,6 +391,21 @@ class Trainer:
         width = max(len(name) for name, _ in rows)
         print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
         return self.exp_dir
+
+
+def throughput_rows(steps: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Summary rows from the step records: utt/s, data wait against step time, GPU memory peak."""
+    timed = [r for r in steps if "data_ms" in r and "step_ms" in r]
+    if not timed:
+        return []
+    data, compute = sum(r["data_ms"] for r in timed), sum(r["step_ms"] for r in timed)
+    rows = [("utt/s (median window)", f"{sorted(r['utt_per_s'] for r in timed)[len(timed) // 2]:,.0f}"),
+            ("data wait", f"{100 * data / max(data + compute, 1e-9):.1f} % of step time "
+                          f"({data / len(timed):.1f} ms data, {compute / len(timed):.1f} ms compute per step)")]
+    peaks = [r["gpu_mem_peak_gib"] for r in timed if "gpu_mem_peak_gib" in r]
+    if peaks:
+        rows.append(("GPU memory peak", f"{max(peaks):.2f} GiB"))
+    return rows
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
