@@ -49,7 +49,7 @@ def test_enroll_verify_identify_speakers(setup, capsys, tmp_path):
     status, _, err = run(capsys, "verify", "--model", model, "--store", store, "alice", tmp_path / "nope.wav")
     assert status == 2 and "nope.wav" in err
     status, out, _ = run(capsys, "identify", "--model", model, "--store", store, files[1], "--top-k", "2")
-    assert status == 0 and out.splitlines()[1].split()[-1] == "alice"
+    assert status == 0 and out.splitlines()[2].split()[-1] == "alice"
     status, out, _ = run(capsys, "identify", "--model", model, "--store", store, "--threshold", "1.5", files[1])
     assert status == 1 and out.startswith("unknown")
     status, out, _ = run(capsys, "speakers", "--store", store)
