@@ -88,8 +88,9 @@ def check(value: float, low: float | None, high: float | None) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def enrolment_table(embeddings: np.ndarray, speakers: list[str], draws: int, seed: int = 0) -> list[tuple]:
-    """Rows (n, method, EER, minDCF) for n in 1, 3, 10 enrolment utterances per speaker."""
+def enrolment_table(embeddings: np.ndarray, speakers: list[str], draws: int, dev: DevCalibration,
+                    seed: int = 0) -> list[tuple]:
+    """Rows (n, method, EER, minDCF, Cllr of ``dev``'s plain LLRs, trials) for n in 1, 3, 10 enrolment utterances."""
     cuts = len(CUTS)
     full = embeddings[cuts - 1::cuts]
     spk = np.asarray(speakers)
@@ -113,7 +114,8 @@ def enrolment_table(embeddings: np.ndarray, speakers: list[str], draws: int, see
         labels = np.concatenate(labels)
         for method in ENROLMENT_SCORINGS:
             values = np.concatenate(scores[method])
-            rows.append((n, method, scoring.eer(values, labels), scoring.min_dcf(values, labels, 0.01), len(values)))
+            rows.append((n, method, scoring.eer(values, labels), scoring.min_dcf(values, labels, 0.01),
+                         scoring.cllr(dev.llr(values), labels), len(values)))
     return rows
 
 
@@ -201,10 +203,10 @@ def main() -> None:
 
     print(f"\nenrolment with several utterances: held-out speakers, {args.draws} random draws per size, tests = every "
           "utterance nobody enrolled, at every cut")
-    print(f"{'utterances':>10}  {'method':<9} {'EER %':>6} {'minDCF(0.01)':>12} {'trials':>8}")
-    table = enrolment_table(embeddings, test_speakers, args.draws)
-    for n, method, eer, dcf, count in table:
-        print(f"{n:>10}  {method:<9} {100 * eer:>6.2f} {dcf:>12.4f} {count:>8}")
+    print(f"{'utterances':>10}  {'method':<9} {'EER %':>6} {'minDCF(0.01)':>12} {'Cllr (dev cal.)':>15} {'trials':>8}")
+    table = enrolment_table(embeddings, test_speakers, args.draws, dev)
+    for n, method, eer, dcf, cllr, count in table:
+        print(f"{n:>10}  {method:<9} {100 * eer:>6.2f} {dcf:>12.4f} {cllr:>15.4f} {count:>8}")
     for n in (3, 10):
         best = min((row for row in table if row[0] == n), key=lambda row: row[2])
         print(f"best at {n} utterances by EER: {best[1]}")

@@ -18,6 +18,7 @@ import yaml
 from speakertrip.training.config import load_config, save_config
 from speakertrip.errors import ConfigError
 from speakertrip.extraction import EmbeddingModel, load_model
+from speakertrip.scoring.dev_calibration import DevCalibration
 from speakertrip.models import build_encoder
 from speakertrip.models import initialise
 from speakertrip.training.trainer import ActivityWatch, TrainingModule, train
@@ -162,6 +163,9 @@ def test_validation_best_checkpoint_and_recorded_thresholds(data, tmp_path):
     for key in ("eer", "eer_threshold", "min_dcf_0.01", "min_dcf_0.01_threshold", "min_dcf_0.05"):
         assert isinstance(model.evaluation[key], float), key
     assert model.threshold == model.evaluation["eer_threshold"]
+    dev = DevCalibration.of_model(model.evaluation)  # fitted at the end of training on the same dev trials
+    assert dev.trials == model.evaluation["trials"] and dev.eer == pytest.approx(model.evaluation["eer"])
+    assert dev.eer_threshold == model.threshold and dev.quality is not None
 
 
 def test_average_command_matches_single_snapshot(data, tmp_path):
