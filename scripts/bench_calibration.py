@@ -15,7 +15,7 @@
    of per-utterance scores, max, mean of the top 3; EER and minDCF(0.01) over every other held-out
    utterance at every test duration.
 
-Every figure is printed beside its target. Run (about 5 minutes on 2 CPU cores):
+Every figure is printed beside its target. Run (a few minutes on 2 CPU cores; the dev corpus is made once):
 ``PYTHONPATH=. .venv/bin/python scripts/bench_calibration.py [--model M --data DATA_DIR]``
 with DATA_DIR holding ``dev.jsonl`` and ``test.jsonl`` (the demo's ``synth/data``).
 """

@@ -11,7 +11,8 @@ The decision is ``score >= threshold`` at an operating point chosen by one of:
 
 When the artifact records a calibration, every result also carries the log-likelihood ratio of its
 cosine (duration-aware when the artifact has that calibration; the enrolment store keeps no
-durations, so the test side is taken as the shorter one). With ``norm="asnorm"`` scores are
+durations, so the test side is taken as the shorter one). The calibration is fitted on
+single-utterance trials; the README measures how well it carries over to several enrolment utterances. With ``norm="asnorm"`` scores are
 adaptive-s-normalised against a cohort kept in the same store; such scores live on another scale,
 so an explicit threshold is then required. An example runs in :mod:`speakertrip.verification`.
 """
@@ -198,7 +199,8 @@ class Verifier:
 
         An empty list means "none of the enrolled speakers" (the same operating point as
         :meth:`verify`). With centroid scoring and no normalisation this is one matrix-vector
-        product over all centroids (about 5 ms for 100k speakers of 192-d on a CPU).
+        product over all centroids (about 5 ms for 100k speakers of 192-d on a CPU); the other
+        scorings read every speaker's utterance embeddings from the store (one query per speaker).
         """
         if top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {top_k}")
