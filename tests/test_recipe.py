@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakertrip.commands.convert import find_ffmpeg
+from speakertrip.corpora.convert import find_ffmpeg
 from speakertrip.extraction.store import load_store
 from speakertrip.scoring import compute_metrics, read_scores, read_trials
 from speakertrip.scoring.enrolment import read_enrolment_map

@@ -18,6 +18,7 @@ import yaml
 from speakertrip.errors import ConfigError
 from speakertrip.extraction import EmbeddingModel, load_model
 from speakertrip.models import build_encoder, initialise
+from speakertrip.scoring.dev_calibration import DevCalibration
 from speakertrip.training.averaging import list_snapshots
 from speakertrip.training.checkpoint import load_checkpoint
 from speakertrip.training.config import load_config, save_config
@@ -160,6 +161,9 @@ def test_validation_best_checkpoint_and_recorded_thresholds(data, tmp_path):
     for key in ("eer", "eer_threshold", "min_dcf_0.01", "min_dcf_0.01_threshold", "min_dcf_0.05"):
         assert isinstance(model.evaluation[key], float), key
     assert model.threshold == model.evaluation["eer_threshold"]
+    dev = DevCalibration.of_model(model.evaluation)  # fitted at the end of training on the same dev trials
+    assert dev.trials == model.evaluation["trials"] and dev.eer == pytest.approx(model.evaluation["eer"])
+    assert dev.eer_threshold == model.threshold and dev.quality is not None
 
 
 def test_average_command_matches_single_snapshot(data, tmp_path):

@@ -11,6 +11,7 @@ from speakertrip.cli import main
 from speakertrip.extraction import EmbeddingModel, find_items, load_model
 from speakertrip.extraction.store import load_store
 from speakertrip.features import FeatureConfig
+from speakertrip.scoring import DevCalibration
 from speakertrip.testing import make_voxceleb_tree, write_bad_audio
 
 
@@ -48,7 +49,7 @@ def test_enroll_verify_identify_speakers(setup, capsys, tmp_path):
     status, _, err = run(capsys, "verify", "--model", model, "--store", store, "alice", tmp_path / "nope.wav")
     assert status == 2 and "nope.wav" in err
     status, out, _ = run(capsys, "identify", "--model", model, "--store", store, files[1], "--top-k", "2")
-    assert status == 0 and out.splitlines()[1].split()[-1] == "alice"
+    assert status == 0 and out.splitlines()[2].split()[-1] == "alice"
     status, out, _ = run(capsys, "identify", "--model", model, "--store", store, "--threshold", "1.5", files[1])
     assert status == 1 and out.startswith("unknown")
     status, out, _ = run(capsys, "speakers", "--store", store)
@@ -114,3 +115,62 @@ def test_embed_sharded_over_torchrun_ranks(setup, tmp_path):
     model = load_model(base / "model")
     np.testing.assert_allclose(store.embeddings, np.stack([model.embed(f) for f in files]), atol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npz"]
+
+
+@pytest.fixture(scope="module")
+def dev_tree(tmp_path_factory):
+    """A labelled dev trial list (every pair of 24 utterances of 4 speakers) over an audio folder."""
+    root = make_voxceleb_tree(tmp_path_factory.mktemp("dev"), num_speakers=4, sessions=2, utterances_per_session=3,
+                              duration=(0.5, 1.5), seed=3, trial_list=False)
+    keys = sorted(p.relative_to(root / "wav").as_posix() for p in (root / "wav").rglob("*.wav"))
+    lines = [f"{int(a.split('/')[0] == b.split('/')[0])} {a} {b}" for i, a in enumerate(keys) for b in keys[i + 1:]]
+    (root / "trials.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_calibrate_a_model_then_verify_at_a_false_accept_rate(setup, dev_tree, capsys, tmp_path):
+    base, _, files = setup
+    model, calibrated = base / "model", tmp_path / "calibrated"
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    status, out, _ = run(capsys, "calibrate", "--model", model, "--trials", dev_tree / "trials.txt",
+                         "--data", dev_tree / "wav", "--out", calibrated)
+    assert status == 0 and "dev trials      276 (60 targets, 216 non-targets)" in out
+    assert "duration-aware: yes" in out and f"wrote {calibrated}" in out
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before  # the model is left unchanged
+    original, copy = load_model(model), load_model(calibrated)
+    assert copy.identity == original.identity and copy.threshold == original.threshold
+    dev = DevCalibration.of_model(copy.evaluation)
+    assert dev.trials == 276 and dev.quality is not None and copy.evaluation["calibration_trials"].endswith("trials.txt")
+
+    store = tmp_path / "s.db"
+    assert run(capsys, "enroll", "--model", model, "--store", store, "alice", files[0])[0] == 0  # old model's store
+    status, out, _ = run(capsys, "verify", "--model", calibrated, "--store", store, "--far", "0.05", "alice", files[1])
+    threshold = dev.scores.threshold_for_far(0.05)
+    assert status in (0, 1) and f"threshold={threshold:.4f} (far=0.05, dev FAR" in out and " llr=" in out
+    status, out, _ = run(capsys, "identify", "--model", calibrated, "--store", store, "--frr", "0.1", "--all", files[1])
+    assert "operating point: threshold=" in out and "(frr=0.1" in out and out.splitlines()[2].split()[2] != "-"
+    status, _, err = run(capsys, "verify", "--model", model, "--store", store, "--far", "0.05", "alice", files[1])
+    assert status == 2 and "speakertrip calibrate --model" in err
+    status, _, err = run(capsys, "verify", "--model", calibrated, "--store", store, "--far", "0", "alice", files[1])
+    assert status == 2 and "far must be a rate strictly between 0 and 1" in err
+    with pytest.raises(SystemExit) as exited:
+        main(["verify", "--model", str(calibrated), "--store", str(store), "--far", "0.01", "--threshold", "0.5",
+              "alice", str(files[1])])
+    assert exited.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+def test_calibrate_a_model_from_embeddings_and_bad_calls(setup, dev_tree, capsys, tmp_path):
+    base, _, _ = setup
+    model = base / "model"
+    assert run(capsys, "embed", "--model", model, "--data", dev_tree / "wav", "--out", tmp_path / "e.npz")[0] == 0
+    status, out, _ = run(capsys, "calibrate", "--model", model, "--trials", dev_tree / "trials.txt",
+                         "--embeddings", tmp_path / "e.npz", "--out", tmp_path / "m")
+    assert status == 0 and "duration-aware: no (no durations)" in out
+    assert DevCalibration.of_model(load_model(tmp_path / "m").evaluation).quality is None
+    status, _, err = run(capsys, "calibrate", "--model", model, "--trials", dev_tree / "trials.txt",
+                         "--data", dev_tree / "wav", "--out", model)
+    assert status == 2 and "is the model itself" in err
+    status, _, err = run(capsys, "calibrate", "--model", model, "--trials", dev_tree / "trials.txt", "--out", tmp_path / "x")
+    assert status == 2 and "exactly one of --data" in err
+    status, _, err = run(capsys, "calibrate", "--trials", dev_tree / "trials.txt", "--out", tmp_path / "x")
+    assert status == 2 and "give a labelled score file" in err

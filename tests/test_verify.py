@@ -181,3 +181,89 @@ def test_processes_enrolling_at_once_persist_everything(artifact, model, files, 
     assert verifier.speakers() == ["id10001", "id10002"]
     for spk in ("id10001", "id10002"):
         np.testing.assert_allclose(verifier.store.utterance_embeddings(spk)[1], embeddings[spk], atol=1e-5)
+
+
+# ---- calibration, operating points and enrolment scoring -------------------------------------------------
+
+def dev_calibration(seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([1, 0], [2000, 20000])
+    seconds = rng.choice([1.0, 2.0, 6.0], len(labels))
+    scores = rng.normal(np.where(labels, 0.7, 0.3), 0.1 / np.sqrt(seconds))
+    return st.scoring.DevCalibration.fit(scores, labels, seconds, seconds)
+
+
+@pytest.fixture(scope="module")
+def calibrated_artifact(tmp_path_factory):
+    model = tiny_model()
+    model.evaluation["calibration"] = dev_calibration().to_dict()
+    return model.save(tmp_path_factory.mktemp("calibrated") / "model")
+
+
+def test_calibration_travels_with_the_artifact(calibrated_artifact, model, files, embeddings, tmp_path):
+    calibrated = load_model(calibrated_artifact)
+    assert calibrated.identity == model.identity  # the evaluation is not part of the identity
+    dev = st.scoring.DevCalibration.of_model(calibrated.evaluation)
+    assert dev.to_dict() == dev_calibration().to_dict()
+    store = tmp_path / "s.db"
+    Verifier(model, store=store).enroll("a", files["id10001"][:2])  # a store made with the uncalibrated model
+    verifier = Verifier(calibrated, store=store, far=0.01)
+    assert verifier.operating_point == "far=0.01" and verifier.threshold == dev.scores.threshold_for_far(0.01)
+    far, frr = verifier.dev_error_rates
+    assert far <= 0.01 and far == pytest.approx(0.01, abs=1e-4)
+    test = files["id10001"][2]
+    result = verifier.verify("a", test)
+    seconds = st.audio.audio_info(test).duration
+    assert result.llr == pytest.approx(float(dev.quality([result.cosine], seconds, seconds)[0]))
+    assert result.accepted == (result.score >= verifier.threshold)
+    assert Verifier(calibrated, store=store, frr=0.05).threshold == dev.scores.threshold_for_frr(0.05)
+    assert Verifier(calibrated, store=store).threshold == dev.eer_threshold  # default: the dev EER threshold
+    assert Verifier(calibrated, store=store, threshold=0.2).operating_point == "threshold"
+    # identify decides "unknown" with the same operating point and reports the same LLR
+    strict = Verifier(calibrated, store=store, far=0.001)
+    matches = strict.identify(test, open_set=False)
+    assert matches[0].llr == pytest.approx(result.llr) and matches[0].score == pytest.approx(result.score)
+    assert strict.identify(test) == [m for m in matches if m.score >= strict.threshold]
+
+
+def test_old_artifacts_behave_as_before(model, files, tmp_path):
+    verifier = Verifier(model, store=tmp_path / "s.db")
+    assert verifier.threshold == 0.5 and verifier.operating_point == "eer" and verifier.dev_error_rates is None
+    verifier.enroll("a", files["id10001"][:2])
+    assert verifier.verify("a", files["id10001"][2]).llr is None
+    assert all(m.llr is None for m in verifier.identify(files["id10001"][2], open_set=False))
+    with pytest.raises(ConfigError, match="far= needs the dev score summary of a calibrated model.*speakertrip "
+                                          "calibrate --model"):
+        Verifier(model, store=tmp_path / "s.db", far=0.01)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"far": 0}, "far must be a rate strictly between 0 and 1"),
+    ({"far": 1.5}, "far must be a rate strictly between 0 and 1"),
+    ({"far": float("nan")}, "far must be a rate strictly between 0 and 1"),
+    ({"frr": 1.0}, "frr must be a rate strictly between 0 and 1"),
+    ({"far": 0.01, "threshold": 0.5}, "at most one of threshold=, far= and frr= \\(got threshold and far\\)"),
+    ({"far": 0.01, "frr": 0.01}, "at most one of"),
+    ({"threshold": float("nan")}, "threshold must be a finite number"),
+    ({"far": 1e-6}, "far=1e-06 needs at least 1000000 dev non-target trials"),
+    ({"far": 0.01, "norm": "asnorm"}, "norm='asnorm' changes the score scale"),
+    ({"scoring": "median"}, "unknown enrolment scoring 'median'; valid: centroid, mean, max, top3"),
+])
+def test_bad_operating_points_are_one_line_errors(calibrated_artifact, tmp_path, options, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        Verifier(load_model(calibrated_artifact), store=tmp_path / "s.db", **options)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("method", ["mean", "max", "top3"])
+def test_enrolment_scoring_matches_a_loop(model, files, embeddings, tmp_path, method):
+    verifier = Verifier(model, store=tmp_path / "s.db", scoring=method)
+    for speaker, paths in files.items():
+        verifier.enroll(speaker, paths[:2] if speaker != "id10003" else paths)
+    test = embeddings["id10002"][2]
+    reduce = {"mean": np.mean, "max": np.max, "top3": lambda s: np.mean(np.sort(s)[::-1][:3])}[method]
+    brute = {spk: float(reduce(embeddings[spk][:2 if spk != "id10003" else 3] @ test)) for spk in files}
+    assert verifier.verify("id10001", files["id10002"][2]).score == pytest.approx(brute["id10001"], abs=1e-5)
+    found = verifier.identify(files["id10002"][2], top_k=4, open_set=False)
+    assert [m.name for m in found] == sorted(brute, key=lambda spk: -brute[spk])
+    np.testing.assert_allclose([m.score for m in found], sorted(brute.values(), reverse=True), atol=1e-5)

@@ -2,7 +2,9 @@
 
 ``verify`` exits 0 when the claim is accepted, 1 when rejected and 2 on any error, and prints
 one line, so that scripts can branch on it. ``identify`` exits 0 when some speaker scores at
-or above the threshold, 1 when nobody does.
+or above the threshold, 1 when nobody does. The operating point is ``--threshold``, ``--far`` or
+``--frr`` (at most one; default the model's dev EER threshold); a calibrated model's LLR is
+printed beside each score.
 """
 
 from __future__ import annotations
@@ -15,8 +17,17 @@ from pathlib import Path
 def _common(parser: argparse.ArgumentParser, model: bool = True) -> None:
     if model:
         parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
-        parser.add_argument("--threshold", type=float, default=None,
-                            help="accept scores >= this (default: the model's calibrated threshold)")
+        point = parser.add_mutually_exclusive_group()
+        point.add_argument("--threshold", type=float, default=None,
+                           help="accept scores >= this cosine (default: the model's dev EER threshold)")
+        point.add_argument("--far", type=float, default=None, metavar="RATE",
+                           help="accept at the threshold with this false-accept rate on the model's dev trials "
+                                "(e.g. 0.01; needs a calibrated model)")
+        point.add_argument("--frr", type=float, default=None, metavar="RATE",
+                           help="accept at the threshold with this false-reject rate on the model's dev trials")
+        parser.add_argument("--scoring", default=None, metavar="METHOD",
+                            help="how a speaker's enrolment utterances meet a test: centroid, mean, max or top3 "
+                                 "(default: the Verifier's, see the README's enrolment table)")
         parser.add_argument("--norm", choices=["asnorm"], default=None,
                             help="normalise scores with the store's cohort (needs --threshold)")
         parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
@@ -52,7 +63,18 @@ def _verifier(args: argparse.Namespace):
     from speakertrip.verification.verifier import Verifier
 
     return Verifier(load_model(args.model, device=args.device), store=args.store, threshold=args.threshold,
-                    norm=args.norm)
+                    far=args.far, frr=args.frr, norm=args.norm,
+                    **({"scoring": args.scoring} if args.scoring else {}))
+
+
+def _llr(value: float | None) -> str:
+    return "" if value is None else f" llr={value:+.3f}"
+
+
+def _operating_point(verifier) -> str:
+    rates = verifier.dev_error_rates
+    dev = "" if rates is None else f", dev FAR {100 * rates[0]:.3g} % FRR {100 * rates[1]:.3g} %"
+    return f"threshold={verifier.threshold:.4f} ({verifier.operating_point}{dev})"
 
 
 def run_enroll(args: argparse.Namespace) -> int:
@@ -75,12 +97,14 @@ def run_enroll(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     try:
-        result = _verifier(args).verify(args.name, args.file)
+        verifier = _verifier(args)
+        result = verifier.verify(args.name, args.file)
     except Exception as error:  # noqa: BLE001 - exit status 2 is part of this command's contract
         print(f"speakertrip verify: error: {error}", file=sys.stderr)
         return 2
     verdict = "accepted" if result.accepted else "rejected"
-    print(f"{verdict} {result.name} {args.file} score={result.score:.4f} threshold={result.threshold:.4f}")
+    print(f"{verdict} {result.name} {args.file} score={result.score:.4f}{_llr(result.llr)} "
+          f"{_operating_point(verifier)}")
     return 0 if result.accepted else 1
 
 
@@ -88,13 +112,15 @@ def run_identify(args: argparse.Namespace) -> int:
     verifier = _verifier(args)
     matches = verifier.identify(args.file, top_k=args.top_k, open_set=not args.all)
     if not matches:
-        print(f"unknown: no enrolled speaker scores >= {verifier.threshold:.4f} "
+        print(f"unknown: no enrolled speaker scores >= {_operating_point(verifier)} "
               f"({len(verifier.store)} enrolled)")
         return 1
-    print(f"{'rank':>4}  {'score':>8}  {'':8}  name")
+    print(f"operating point: {_operating_point(verifier)}")
+    print(f"{'rank':>4}  {'score':>8}  {'llr':>8}  {'':8}  name")
     for rank, match in enumerate(matches, 1):
         mark = "accepted" if match.score >= verifier.threshold else "below"
-        print(f"{rank:>4}  {match.score:>8.4f}  {mark:8}  {match.name}")
+        llr = "-" if match.llr is None else f"{match.llr:+.3f}"
+        print(f"{rank:>4}  {match.score:>8.4f}  {llr:>8}  {mark:8}  {match.name}")
     return 0 if matches[0].score >= verifier.threshold else 1
 
 

@@ -52,7 +52,8 @@ def split_chunks(length: int, chunk: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1].tolist(), edges[1:].tolist()))
 
 
-def _duration(item: Item, sample_rate: int | None) -> float:
+def item_duration(item: Item, sample_rate: int | None) -> float:
+    """Seconds of audio of a path, manifest utterance, or array or tensor at ``sample_rate`` (no decoding)."""
     if isinstance(item, Utterance):
         return item.duration
     if isinstance(item, (str, Path)):
@@ -117,7 +118,7 @@ def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | No
     streams = 1 if fast is None or device.type != "cpu" else max(1, streams or num_threads or threads)
     try:
         with ThreadPoolExecutor(max(1, loader_threads)) as loader, contextlib.ExitStack() as stack:
-            durations = list(loader.map(lambda item: _duration(item, sample_rate), items))
+            durations = list(loader.map(lambda item: item_duration(item, sample_rate), items))
             if chunk_seconds is not None:
                 durations = [min(duration, chunk_seconds) for duration in durations]  # chunks batch together
             batches = bucket_batches(durations, max_batch_seconds=batch_seconds, max_batch_size=max_batch_size)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from speakertrip.errors import SpeakertripError
+from speakertrip.errors import ConfigError, SpeakertripError
 from speakertrip.models import EmbeddingNetwork
+from speakertrip.scoring.dev_calibration import KEY as CALIBRATION_KEY
+from speakertrip.scoring.dev_calibration import DevCalibration
 from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint
 from speakertrip.training.config import TrainConfig
+from speakertrip.training.validation import DevScores
 
 SNAPSHOT_PATTERN = re.compile(r"snapshot_(\d+)\.pt$")
 
@@ -52,17 +56,35 @@ def export_model(config: TrainConfig, paths: Sequence[str | Path], out: str | Pa
                  device: torch.device | str = "cpu", progress: bool = False) -> tuple[Path, dict]:
     """Average ``paths``, validate on ``config.data.dev``/``dev_trials`` when given, save to ``out``.
 
-    Returns the artifact directory and the evaluation recorded in its config.
+    Validation also fits the calibration to LLRs (plain and duration-aware) and summarises the dev
+    score distributions for operating points, under ``evaluation["calibration"]`` (see
+    :mod:`speakertrip.scoring.dev_calibration`); dev trials that cannot be calibrated (perfectly
+    separated) leave it out with a warning. Returns the artifact directory and the evaluation
+    recorded in its config.
     """
     from speakertrip.data.manifest import read_manifest
-    from speakertrip.training.validation import validate
+    from speakertrip.training.validation import dev_metrics, score_dev_trials
 
     model, steps = average_snapshots(config, paths)
     model.to(device)
     evaluation: dict = {}
     if validate_dev and config.data.dev and config.data.dev_trials:
-        evaluation = validate(model, read_manifest(config.data.dev), config.data.dev_trials, progress=progress)
+        items = {utterance.utt_id: utterance for utterance in read_manifest(config.data.dev)}
+        dev = score_dev_trials(model, items, config.data.dev_trials, progress=progress)
+        evaluation = dev_metrics(dev)
         evaluation["dev_trials"] = str(config.data.dev_trials)
+        calibration = calibrate_dev(dev, config.data.dev_trials)
+        if calibration is not None:
+            evaluation[CALIBRATION_KEY] = calibration.to_dict()
     evaluation["averaged_steps"] = steps
     model.evaluation = evaluation
     return model.to("cpu").save(out), evaluation
+
+
+def calibrate_dev(dev: DevScores, source: object = None) -> DevCalibration | None:
+    """:meth:`DevCalibration.fit` on dev scores with their durations; None (and a warning) when it cannot be fitted."""
+    try:
+        return DevCalibration.fit(dev.scores, dev.labels, dev.enroll_seconds, dev.test_seconds, source=source)
+    except ConfigError as error:
+        warnings.warn(f"no calibration recorded in the model: {error}", stacklevel=2)
+        return None

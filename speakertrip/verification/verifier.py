@@ -1,15 +1,25 @@
 """The Verifier: enrol speakers, verify a claimed identity, identify an unknown voice.
 
-Scores are cosines between an utterance embedding and a speaker's centroid (the normalised
-mean of their enrolment embeddings), never rescaled. The decision threshold defaults to the
-calibrated one in the model artifact (the dev-set EER threshold the trainer recorded).
-With ``norm="asnorm"`` scores are adaptive-s-normalised against a cohort kept in the same
-store; such scores live on another scale, so an explicit threshold is then required.
-An example runs in :mod:`speakertrip.verification`.
+Scores are cosines between an utterance embedding and a speaker's enrolment (by default their
+centroid, the normalised mean of their enrolment embeddings; see ``scoring=``), never rescaled.
+The decision is ``score >= threshold`` at an operating point chosen by one of:
+
+- ``threshold=``: a cosine threshold;
+- ``far=`` / ``frr=``: the threshold that falsely accepts (rejects) that fraction of the dev
+  non-targets (targets) summarised in the model artifact (``speakertrip calibrate --model``);
+- nothing: the dev EER threshold recorded in the artifact.
+
+When the artifact records a calibration, every result also carries the log-likelihood ratio of its
+cosine (duration-aware when the artifact has that calibration; the enrolment store keeps no
+durations, so the test side is taken as the shorter one). The calibration is fitted on
+single-utterance trials; the README measures how well it carries over to several enrolment utterances. With ``norm="asnorm"`` scores are
+adaptive-s-normalised against a cohort kept in the same store; such scores live on another scale,
+so an explicit threshold is then required. An example runs in :mod:`speakertrip.verification`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,35 +28,74 @@ import numpy as np
 
 from speakertrip.errors import ConfigError
 from speakertrip.extraction import embed_many, load_model
+from speakertrip.extraction.batched import item_duration
+from speakertrip.scoring.dev_calibration import DevCalibration
+from speakertrip.scoring.enrolment import check_scoring, speaker_scores
 from speakertrip.scoring.norm import apply_norm, cohort_stats, resolve_top_k
+from speakertrip.scoring.score_summary import check_rate
 from speakertrip.verification.store import EnrollmentStore, ModelMismatchError, check_name
 
 NORMS = (None, "asnorm")
+DEFAULT_SCORING = "centroid"
 
 
 @dataclass(frozen=True)
 class VerificationResult:
-    """Outcome of one verification: ``accepted`` is ``score >= threshold``; ``cosine`` is the raw cosine."""
+    """Outcome of one verification: ``accepted`` is ``score >= threshold``; ``cosine`` is the raw cosine;
+    ``llr`` its calibrated log-likelihood ratio (natural log), None when the artifact has no calibration."""
 
     name: str
     score: float
     accepted: bool
     threshold: float
     cosine: float
+    llr: float | None = None
 
 
 @dataclass(frozen=True)
 class Match:
-    """One candidate of :meth:`Verifier.identify`."""
+    """One candidate of :meth:`Verifier.identify`; ``llr`` as in :class:`VerificationResult`."""
 
     name: str
     score: float
+    llr: float | None = None
 
 
 def _as_list(utterances: Any) -> list:
     if isinstance(utterances, (str, Path)) or hasattr(utterances, "shape"):
         return [utterances]
     return list(utterances)
+
+
+def _operating_point(model: Any, calibration: DevCalibration | None, threshold: Any, far: Any, frr: Any,
+                     norm: str | None) -> tuple[float, str]:
+    """The decision threshold and how it was chosen (``"threshold"``, ``"far=0.01"``, ``"frr=0.05"``, ``"eer"``)."""
+    given = [name for name, value in (("threshold", threshold), ("far", far), ("frr", frr)) if value is not None]
+    if len(given) > 1:
+        raise ConfigError(f"give at most one of threshold=, far= and frr= (got {' and '.join(given)})")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.floating)) \
+                or not math.isfinite(threshold):
+            raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
+        return float(threshold), "threshold"
+    if norm is not None:
+        raise ConfigError(f"norm={norm!r} changes the score scale, so the model's cosine operating points do not "
+                          "apply: pass threshold= calibrated on normalised scores")
+    if far is not None or frr is not None:
+        name, rate = ("far", check_rate("far", far)) if far is not None else ("frr", check_rate("frr", frr))
+        if calibration is None:
+            raise ConfigError(f"{name}= needs the dev score summary of a calibrated model, and this artifact has "
+                              "none: calibrate it with `speakertrip calibrate --model M --trials T --data DIR "
+                              "--out M2`, or pass threshold=")
+        chosen = calibration.scores.threshold_for_far(rate) if name == "far" else \
+            calibration.scores.threshold_for_frr(rate)
+        return chosen, f"{name}={rate:g}"
+    if calibration is not None:
+        return calibration.eer_threshold, "eer"
+    if model.threshold is None:
+        raise ConfigError("the model artifact records no calibrated threshold (train with a dev trial list "
+                          "to get one); pass threshold=, e.g. the EER threshold of `speakertrip metrics`")
+    return float(model.threshold), "eer"
 
 
 class Verifier:
@@ -56,34 +105,48 @@ class Verifier:
     ----------
     model : an ``EmbeddingModel``, or the directory of a model artifact
     store : an SQLite file (created on first enrolment) or an open :class:`EnrollmentStore`
-    threshold : accept scores >= this; None takes ``model.threshold`` (the artifact's calibrated one)
+    threshold : accept scores >= this cosine
+    far : accept at the threshold with this false-accept rate on the artifact's dev non-targets (0 < far < 1)
+    frr : accept at the threshold with this false-reject rate on the artifact's dev targets (0 < frr < 1)
+        (at most one of threshold, far, frr; none: the artifact's dev EER threshold)
     norm : None (raw cosine) or ``"asnorm"`` (needs a cohort: :meth:`enroll_cohort`, and a threshold)
     cohort_top_n : AS-norm uses the ``cohort_top_n`` highest cohort scores of each side
+    scoring : how a speaker's several enrolment utterances are compared with a test
+        (:data:`speakertrip.scoring.enrolment.ENROLMENT_SCORINGS`: centroid, mean, max, top3)
+
+    >>> verifier = Verifier("exp/model", store="speakers.db", far=0.01)   # doctest: +SKIP
+    >>> verifier.verify("alice", "test.wav")                              # doctest: +SKIP
+    VerificationResult(name='alice', score=0.71, accepted=True, threshold=0.58, cosine=0.71, llr=4.2)
     """
 
     def __init__(self, model: Any, store: str | Path | EnrollmentStore = "speakers.db",
-                 threshold: float | None = None, norm: str | None = None, cohort_top_n: int = 300):
+                 threshold: float | None = None, norm: str | None = None, cohort_top_n: int = 300,
+                 far: float | None = None, frr: float | None = None, scoring: str = DEFAULT_SCORING):
         if isinstance(model, (str, Path)):
             model = load_model(model)
         if norm not in NORMS:
             raise ConfigError(f"unknown norm {norm!r}; valid: none, asnorm")
-        if threshold is None and norm is not None:
-            raise ConfigError(f"norm={norm!r} changes the score scale, so the model's cosine threshold does not "
-                              "apply: pass threshold= calibrated on normalised scores")
-        if threshold is None:
-            threshold = model.threshold
-        if threshold is None:
-            raise ConfigError("the model artifact records no calibrated threshold (train with a dev trial list "
-                              "to get one); pass threshold=, e.g. the EER threshold of `speakertrip metrics`")
+        self.scoring = check_scoring(scoring)
+        if norm is not None and scoring != "centroid":
+            raise ConfigError(f"norm={norm!r} normalises centroid scores; it cannot be combined with scoring={scoring!r}")
+        self.calibration = DevCalibration.of_model(model.evaluation, "the model's evaluation")
+        self.threshold, self.operating_point = _operating_point(model, self.calibration, threshold, far, frr, norm)
         if cohort_top_n < 1:
             raise ConfigError(f"cohort_top_n must be >= 1, got {cohort_top_n}")
-        self.model, self.threshold, self.norm, self.cohort_top_n = model, float(threshold), norm, cohort_top_n
+        self.model, self.norm, self.cohort_top_n = model, norm, cohort_top_n
         if not isinstance(store, EnrollmentStore):
             store = EnrollmentStore(store, model_identity=model.identity, embedding_dim=model.embedding_dim)
         elif store.model_identity != model.identity:
             raise ModelMismatchError(f"{store.path}: enrolled with model {store.model_identity[:12]}, "
                                      f"not with this model ({model.identity[:12]})")
         self.store = store
+
+    @property
+    def dev_error_rates(self) -> tuple[float, float] | None:
+        """``(far, frr)`` of the decision threshold on the artifact's dev trials, or None without calibration."""
+        if self.calibration is None or self.norm is not None:
+            return None
+        return self.calibration.scores.far(self.threshold), self.calibration.scores.frr(self.threshold)
 
     # ---- enrolment --------------------------------------------------------------------------
     def enroll(self, name: str, utterances: Any, replace: bool = False, sample_rate: int | None = None) -> int:
@@ -118,32 +181,60 @@ class Verifier:
     # ---- scoring ----------------------------------------------------------------------------
     def verify(self, name: str, utterance: Any, sample_rate: int | None = None) -> VerificationResult:
         """Is ``utterance`` spoken by ``name``? Unknown names raise KeyNotFoundError."""
-        centroid = self.store.centroid(name)
-        test = self._embed([utterance], sample_rate)[0]
-        cosine = float(centroid @ test)
+        if self.scoring == "centroid":
+            enrolled = self.store.centroid(name)[None]
+        else:
+            enrolled = self.store.utterance_embeddings(name)[1]
+        test, seconds = self._embed_test(utterance, sample_rate)
+        cosine = float(speaker_scores(enrolled, np.zeros(len(enrolled), np.int64), test, self.scoring)[0, 0])
         score = cosine
         if self.norm == "asnorm":
-            score = float(self._asnorm(np.array([cosine]), centroid[None], test)[0])
-        return VerificationResult(name, score, score >= self.threshold, self.threshold, cosine)
+            score = float(self._asnorm(np.array([cosine]), enrolled, test)[0])
+        return VerificationResult(name, score, score >= self.threshold, self.threshold, cosine,
+                                  self._llr(cosine, seconds))
 
     def identify(self, utterance: Any, top_k: int = 5, sample_rate: int | None = None,
                  open_set: bool = True) -> list[Match]:
         """The ``top_k`` best-scoring speakers, best first; with ``open_set`` only those >= the threshold.
 
-        An empty list means "none of the enrolled speakers". Without normalisation this is one
-        matrix-vector product over all centroids (about 5 ms for 100k speakers of 192-d on a CPU).
+        An empty list means "none of the enrolled speakers" (the same operating point as
+        :meth:`verify`). With centroid scoring and no normalisation this is one matrix-vector
+        product over all centroids (about 5 ms for 100k speakers of 192-d on a CPU); the other
+        scorings read every speaker's utterance embeddings from the store (one query per speaker).
         """
-        test = self._embed([utterance], sample_rate)[0]
-        if self.norm is None:
-            found = self.store.search(test, top_k)
+        if top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {top_k}")
+        test, seconds = self._embed_test(utterance, sample_rate)
+        if self.norm is None and self.scoring == "centroid":
+            found = [(name, score, score) for name, score in self.store.search(test, top_k)]
         else:
-            names, centroids = self.store.centroids()
-            if top_k < 1:
-                raise ConfigError(f"top_k must be >= 1, got {top_k}")
-            scores = self._asnorm(centroids @ test, centroids, test) if names else np.zeros(0)
+            names, cosines = self._all_scores(test)
+            scores = self._asnorm(cosines, self.store.centroids()[1], test) if self.norm and names else cosines
             best = np.argsort(-scores, kind="stable")[:top_k]
-            found = [(names[i], float(scores[i])) for i in best]
-        return [Match(name, score) for name, score in found if not open_set or score >= self.threshold]
+            found = [(names[i], float(scores[i]), float(cosines[i])) for i in best]
+        return [Match(name, score, self._llr(cosine, seconds)) for name, score, cosine in found
+                if not open_set or score >= self.threshold]
+
+    def _all_scores(self, test: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Names (sorted) and the ``scoring`` cosines (S,) of every enrolled speaker with ``test`` (D,)."""
+        if self.scoring == "centroid":
+            names, centroids = self.store.centroids()
+            return names, centroids @ test
+        names = [info.name for info in self.store.speakers()]
+        if not names:
+            return names, np.zeros(0)
+        matrices = [self.store.utterance_embeddings(name)[1] for name in names]
+        speakers = np.repeat(np.arange(len(names)), [len(m) for m in matrices])
+        return names, speaker_scores(np.concatenate(matrices), speakers, test, self.scoring, len(names))[0]
+
+    def _llr(self, cosine: float, test_seconds: float) -> float | None:
+        if self.calibration is None:
+            return None
+        return float(self.calibration.llr(np.array([cosine]), test_seconds, test_seconds)[0])
+
+    def _embed_test(self, utterance: Any, sample_rate: int | None) -> tuple[np.ndarray, float]:
+        """The test embedding (D,) and its seconds of audio."""
+        return self._embed([utterance], sample_rate)[0], item_duration(utterance, sample_rate)
 
     def _embed(self, items: Sequence[Any], sample_rate: int | None) -> np.ndarray:
         return embed_many(self.model, items, sample_rate=sample_rate, progress=len(items) > 20)
