@@ -25,3 +25,19 @@ def private_cache(tmp_path_factory):
         os.environ.pop("SPEAKERTRIP_CACHE", None)
     else:
         os.environ["SPEAKERTRIP_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def prepare_tiny_corpus(tmp_path_factory):
+    """A function ``(num_speakers, seed) -> train manifest`` of a prepared tiny VoxCeleb tree
+    (2 sessions x 2 utterances of 0.6-1.0 s per speaker), for training-loop tests."""
+    from speakertrip.corpora.voxceleb import prepare_voxceleb
+    from speakertrip.testing import make_voxceleb_tree
+
+    def prepare(num_speakers: int, seed: int):
+        root = tmp_path_factory.mktemp("corpus")
+        tree = make_voxceleb_tree(root / "vox", num_speakers=num_speakers, sessions=2, utterances_per_session=2,
+                                  duration=(0.6, 1.0), seed=seed)
+        return prepare_voxceleb(tree, root / "data", workers=1, progress=False)["train"]
+
+    return prepare

@@ -21,14 +21,8 @@ ENCODER = {"channels": 32, "attention_channels": 16, "se_channels": 16, "embeddi
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from speakertrip.corpora.voxceleb import prepare_voxceleb
-    from speakertrip.testing import make_voxceleb_tree
-
-    root = tmp_path_factory.mktemp("corpus")
-    tree = make_voxceleb_tree(root / "vox", num_speakers=8, sessions=2, utterances_per_session=2,
-                              duration=(0.6, 1.0), seed=5)
-    return prepare_voxceleb(tree, root / "data", workers=1, progress=False)["train"]
+def data(prepare_tiny_corpus):
+    return prepare_tiny_corpus(num_speakers=8, seed=5)
 
 
 def arguments(train_manifest, exp_dir, **extra) -> list[str]:

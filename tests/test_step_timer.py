@@ -33,14 +33,8 @@ def test_timer_splits_waiting_from_computing():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from speakertrip.corpora.voxceleb import prepare_voxceleb
-    from speakertrip.testing import make_voxceleb_tree
-
-    root = tmp_path_factory.mktemp("corpus")
-    tree = make_voxceleb_tree(root / "vox", num_speakers=6, sessions=2, utterances_per_session=2,
-                              duration=(0.6, 1.0), seed=6)
-    return prepare_voxceleb(tree, root / "data", workers=1, progress=False)["train"]
+def data(prepare_tiny_corpus):
+    return prepare_tiny_corpus(num_speakers=6, seed=6)
 
 
 def run(data, exp_dir) -> list[dict]:

@@ -17,14 +17,8 @@ ENCODERS = {"ecapa": {"channels": 16, "attention_channels": 8, "se_channels": 8,
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from speakertrip.corpora.voxceleb import prepare_voxceleb
-    from speakertrip.testing import make_voxceleb_tree
-
-    root = tmp_path_factory.mktemp("corpus")
-    tree = make_voxceleb_tree(root / "vox", num_speakers=6, sessions=2, utterances_per_session=2,
-                              duration=(0.6, 1.0), seed=7)
-    return prepare_voxceleb(tree, root / "data", workers=1, progress=False)["train"]
+def data(prepare_tiny_corpus):
+    return prepare_tiny_corpus(num_speakers=6, seed=7)
 
 
 def config(data, exp_dir, encoder="ecapa", **extra):
