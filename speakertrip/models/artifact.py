@@ -25,16 +25,38 @@ Network = TypeVar("Network", bound=EmbeddingNetwork)
 
 
 def save_model(model: EmbeddingNetwork, directory: str | Path) -> Path:
-    """Write the artifact of ``model`` into ``directory`` (created; files replaced atomically)."""
+    """Write the artifact of ``model`` into ``directory`` (created; files replaced atomically).
+
+    Weights holding NaN or infinity are refused (SpeakertripError naming them); nothing is written.
+    """
     from safetensors.torch import save
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    check_finite(state, directory, "the model")
+    directory.mkdir(parents=True, exist_ok=True)
     with atomic_write(directory / WEIGHTS_FILE) as handle:
         handle.write(save(state, metadata={"format": "pt"}))
     write_yaml(model.config, directory / CONFIG_FILE)
     return directory
+
+
+def check_finite(state: Mapping[str, Any], where: str | Path, what: str) -> None:
+    """SpeakertripError naming ``where`` and the tensors when a (nested) state dict holds NaN or infinity."""
+    bad = _nonfinite_tensors(state)
+    if bad:
+        raise SpeakertripError(f"{where}: {what} holds NaN or infinite values in {len(bad)} tensor(s) "
+                               f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); refused, nothing written")
+
+
+def _nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
+    found = []
+    for key, value in state.items():
+        if isinstance(value, Mapping):
+            found += [f"{key}.{name}" for name in _nonfinite_tensors(value)]
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            found.append(str(key))
+    return found
 
 
 def model_from_config(config: Any, source: str | Path = "config",

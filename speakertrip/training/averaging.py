@@ -11,7 +11,7 @@ import torch
 from speakertrip.training.config import TrainConfig
 from speakertrip.errors import SpeakertripError
 from speakertrip.models import EmbeddingNetwork
-from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint
+from speakertrip.training.checkpoint import average_state_dicts, check_finite, load_checkpoint
 
 SNAPSHOT_PATTERN = re.compile(r"snapshot_(\d+)\.pt$")
 
@@ -32,7 +32,10 @@ def build_model(config: TrainConfig) -> EmbeddingNetwork:
 
 
 def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple[EmbeddingNetwork, list[int]]:
-    """The model whose weights are the mean of the snapshots (or checkpoints) at ``paths``; and their steps."""
+    """The model whose weights are the mean of the snapshots (or checkpoints) at ``paths``; and their steps.
+
+    A snapshot holding NaN or infinity is refused by name (it would poison the average).
+    """
     if not paths:
         raise SpeakertripError("no snapshots to average: train for at least one epoch, or give --checkpoints")
     checkpoints = [load_checkpoint(path) for path in paths]
@@ -41,6 +44,7 @@ def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple
     states = [{key: value for key, value in checkpoint["model"].items() if key in expected}
               for checkpoint in checkpoints]
     for path, state in zip(paths, states):
+        check_finite(state, path, "snapshot")
         if set(state) != expected:
             raise SpeakertripError(f"{path}: its weights do not fit the config's model "
                                    f"(missing {sorted(expected - set(state))[:3]})")

@@ -15,11 +15,16 @@ import torch
 
 from speakertrip.atomic import atomic_write
 from speakertrip.errors import FormatError, SpeakertripError
+from speakertrip.models.artifact import check_finite
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves half a file."""
+    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves half a file.
+
+    Model weights holding NaN or infinity are refused (SpeakertripError); the previous file stays.
+    """
     path = Path(path)
+    check_finite(state.get("model", {}), path, "the model of this checkpoint")
     with atomic_write(path, fsync=True) as file:
         torch.save(dict(state), file)
     return path

@@ -26,6 +26,7 @@ from speakertrip.audio.augment import AugmentConfig
 from speakertrip.errors import ConfigError, FormatError
 from speakertrip.features import FeatureConfig
 from speakertrip.plain_yaml import plain_data, write_yaml
+from speakertrip.training.domains import check_domain
 
 
 @dataclass
@@ -97,7 +98,8 @@ class LoopConfig:
 
     ``amp``: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` or ``off``. ``validate_every`` steps
     (0: at the end of each epoch). ``checkpoint_every`` steps (0: each epoch end only).
-    ``average_last``: epoch checkpoints averaged into the final model.
+    ``average_last``: epoch checkpoints averaged into the final model. A step with a non-finite loss
+    or gradient changes no weight and is logged; ``max_bad_steps`` of them in a row stop the run.
     """
 
     exp_dir: str = "exp/run"
@@ -113,6 +115,7 @@ class LoopConfig:
     average_last: int = 3
     compile: bool = False
     progress: bool = True
+    max_bad_steps: int = 10
 
 
 @dataclass
@@ -134,7 +137,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
-        return _build(cls, values, source, "")
+        config = _build(cls, values, source, "")
+        if config.schedule.min_lr > config.optim.lr:
+            raise ConfigError(f"{source}: key 'schedule.min_lr' ({config.schedule.min_lr:g}) must not exceed "
+                              f"'optim.lr' ({config.optim.lr:g}), the peak learning rate")
+        return config
 
 
 CHOICES = {"optim.name": ("adam", "adamw", "sgd"), "schedule.kind": ("cosine", "constant", "cyclic"),
@@ -201,6 +208,7 @@ def _build(cls: type, values: Any, source: str, prefix: str) -> Any:
     for name, value in values.items():
         key = prefix + name
         converted[name] = _convert(value, hints[name], key, source)
+        check_domain(key, converted[name], source)
         if key in CHOICES and converted[name] not in CHOICES[key]:
             raise ConfigError(f"{source}: key {key!r} must be one of {', '.join(CHOICES[key])}, not {value!r}")
     try:
