@@ -10,6 +10,7 @@ An example runs in :mod:`speakertrip.verification`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,7 +20,7 @@ import numpy as np
 from speakertrip.errors import ConfigError
 from speakertrip.extraction import embed_many, load_model
 from speakertrip.scoring.norm import apply_norm, cohort_stats, resolve_top_k
-from speakertrip.verification.store import EnrollmentStore, ModelMismatchError, check_name
+from speakertrip.verification.store import EnrollmentStore, ModelMismatchError, check_name, missing_store
 
 NORMS = (None, "asnorm")
 
@@ -55,8 +56,10 @@ class Verifier:
     Parameters
     ----------
     model : an ``EmbeddingModel``, or the directory of a model artifact
-    store : an SQLite file (created on first enrolment) or an open :class:`EnrollmentStore`
-    threshold : accept scores >= this; None takes ``model.threshold`` (the artifact's calibrated one)
+    store : an SQLite file (created by the first enrolment; other calls on a missing one raise
+        StoreNotFoundError) or an open :class:`EnrollmentStore`
+    threshold : accept scores >= this (a finite number); None takes ``model.threshold`` (the artifact's
+        calibrated one)
     norm : None (raw cosine) or ``"asnorm"`` (needs a cohort: :meth:`enroll_cohort`, and a threshold)
     cohort_top_n : AS-norm uses the ``cohort_top_n`` highest cohort scores of each side
     """
@@ -75,15 +78,33 @@ class Verifier:
         if threshold is None:
             raise ConfigError("the model artifact records no calibrated threshold (train with a dev trial list "
                               "to get one); pass threshold=, e.g. the EER threshold of `speakertrip metrics`")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
         if cohort_top_n < 1:
             raise ConfigError(f"cohort_top_n must be >= 1, got {cohort_top_n}")
         self.model, self.threshold, self.norm, self.cohort_top_n = model, float(threshold), norm, cohort_top_n
+        self._path = Path(store.path if isinstance(store, EnrollmentStore) else store)
         if not isinstance(store, EnrollmentStore):
-            store = EnrollmentStore(store, model_identity=model.identity, embedding_dim=model.embedding_dim)
+            store = self._open_store() if self._path.exists() else None
         elif store.model_identity != model.identity:
             raise ModelMismatchError(f"{store.path}: enrolled with model {store.model_identity[:12]}, "
                                      f"not with this model ({model.identity[:12]})")
-        self.store = store
+        self._store = store
+
+    @property
+    def store(self) -> EnrollmentStore:
+        """The enrolment store; StoreNotFoundError while the file does not exist (enrolment creates it)."""
+        if self._store is None:
+            raise missing_store(self._path)
+        return self._store
+
+    def _open_store(self) -> EnrollmentStore:
+        return EnrollmentStore(self._path, model_identity=self.model.identity, embedding_dim=self.model.embedding_dim)
+
+    def _store_to_write(self) -> EnrollmentStore:
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store
 
     # ---- enrolment --------------------------------------------------------------------------
     def enroll(self, name: str, utterances: Any, replace: bool = False, sample_rate: int | None = None) -> int:
@@ -97,14 +118,14 @@ class Verifier:
         if not items:
             raise ConfigError(f"no utterances given to enrol {name!r}; pass at least one audio file")
         embeddings = self._embed(items, sample_rate)
-        return self.store.add(name, embeddings, [_source(item, i) for i, item in enumerate(items)], replace=replace)
+        return self._store_to_write().add(name, embeddings, [_source(item, i) for i, item in enumerate(items)], replace=replace)
 
     def enroll_cohort(self, utterances: Any, sample_rate: int | None = None) -> int:
         """Replace the score-normalisation cohort (utterances of speakers who are not enrolled)."""
         items = _as_list(utterances)
         if not items:
             raise ConfigError("no cohort utterances given")
-        self.store.set_cohort(self._embed(items, sample_rate), [_source(item, i) for i, item in enumerate(items)])
+        self._store_to_write().set_cohort(self._embed(items, sample_rate), [_source(item, i) for i, item in enumerate(items)])
         return len(items)
 
     def remove(self, name: str) -> None:
@@ -133,9 +154,10 @@ class Verifier:
         An empty list means "none of the enrolled speakers". Without normalisation this is one
         matrix-vector product over all centroids (about 5 ms for 100k speakers of 192-d on a CPU).
         """
+        store = self.store
         test = self._embed([utterance], sample_rate)[0]
         if self.norm is None:
-            found = self.store.search(test, top_k)
+            found = store.search(test, top_k)
         else:
             names, centroids = self.store.centroids()
             if top_k < 1:
