@@ -26,7 +26,7 @@ from speakertrip.audio.augment import AugmentConfig
 from speakertrip.errors import ConfigError, FormatError
 from speakertrip.features import FeatureConfig
 from speakertrip.plain_yaml import plain_data, write_yaml
-from speakertrip.training.domains import check_domain
+from speakertrip.training.domains import check_domains
 
 
 @dataclass
@@ -138,6 +138,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
         config = _build(cls, values, source, "")
+        check_domains(config, source)
         if config.schedule.min_lr > config.optim.lr:
             raise ConfigError(f"{source}: key 'schedule.min_lr' ({config.schedule.min_lr:g}) must not exceed "
                               f"'optim.lr' ({config.optim.lr:g}), the peak learning rate")
@@ -208,7 +209,6 @@ def _build(cls: type, values: Any, source: str, prefix: str) -> Any:
     for name, value in values.items():
         key = prefix + name
         converted[name] = _convert(value, hints[name], key, source)
-        check_domain(key, converted[name], source)
         if key in CHOICES and converted[name] not in CHOICES[key]:
             raise ConfigError(f"{source}: key {key!r} must be one of {', '.join(CHOICES[key])}, not {value!r}")
     try:

@@ -12,6 +12,7 @@ speakertrip.errors.ConfigError: command line: key 'optim.lr' must be > 0, got -0
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -93,3 +94,12 @@ def check_domain(key: str, value: Any, source: str) -> None:
             raise ConfigError(f"{source}: key {key!r} must be {domain}, got {shown}")
     if key in PAIRS and items[0] > items[1]:
         raise ConfigError(f"{source}: key {key!r} is a (low, high) range, got low > high: {list(value)!r}")
+
+
+def check_domains(config: Any, source: str) -> None:
+    """Check every numeric key of a built config (nested dataclasses) against :data:`DOMAINS`."""
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        if dataclasses.is_dataclass(values):
+            for item in dataclasses.fields(values):
+                check_domain(f"{section.name}.{item.name}", getattr(values, item.name), source)
