@@ -8,10 +8,11 @@ from typing import Sequence
 
 import torch
 
-from speakertrip.training.config import TrainConfig
 from speakertrip.errors import SpeakertripError
 from speakertrip.models import EmbeddingNetwork
-from speakertrip.training.checkpoint import average_state_dicts, check_finite, load_checkpoint
+from speakertrip.models.artifact import check_finite
+from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint
+from speakertrip.training.config import TrainConfig
 
 SNAPSHOT_PATTERN = re.compile(r"snapshot_(\d+)\.pt$")
 

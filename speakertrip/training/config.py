@@ -139,9 +139,6 @@ class TrainConfig:
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
         config = _build(cls, values, source, "")
         check_domains(config, source)
-        if config.schedule.min_lr > config.optim.lr:
-            raise ConfigError(f"{source}: key 'schedule.min_lr' ({config.schedule.min_lr:g}) must not exceed "
-                              f"'optim.lr' ({config.optim.lr:g}), the peak learning rate")
         return config
 
 

@@ -97,9 +97,13 @@ def check_domain(key: str, value: Any, source: str) -> None:
 
 
 def check_domains(config: Any, source: str) -> None:
-    """Check every numeric key of a built config (nested dataclasses) against :data:`DOMAINS`."""
+    """Check every numeric key of a built TrainConfig (nested dataclasses) against :data:`DOMAINS`,
+    and that the schedule's floor ``schedule.min_lr`` does not exceed its peak ``optim.lr``."""
     for section in dataclasses.fields(config):
         values = getattr(config, section.name)
         if dataclasses.is_dataclass(values):
             for item in dataclasses.fields(values):
                 check_domain(f"{section.name}.{item.name}", getattr(values, item.name), source)
+    if config.schedule.min_lr > config.optim.lr:
+        raise ConfigError(f"{source}: key 'schedule.min_lr' ({config.schedule.min_lr:g}) must not exceed "
+                          f"'optim.lr' ({config.optim.lr:g}), the peak learning rate")

@@ -26,12 +26,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from speakertrip.training.config import TrainConfig, save_config
 from speakertrip.errors import ConfigError
+from speakertrip.training.averaging import build_model, export_model, list_snapshots, snapshot_path
 from speakertrip.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from speakertrip.training.config import TrainConfig, save_config
 from speakertrip.training.distributed import Distributed, cleanup_distributed, gather_batch, setup_distributed
 from speakertrip.training.guard import NonFiniteGuard
-from speakertrip.training.averaging import build_model, export_model, list_snapshots, snapshot_path
 from speakertrip.training.metrics_log import MetricsLog, plot_curves
 from speakertrip.training.schedule import build_optimizer, learning_rate, set_learning_rate, warmup_steps
 
