@@ -16,8 +16,9 @@ from typing import Iterable, Sequence
 
 from tqdm import tqdm
 
-from speakertrip.audio import audio_info, load_audio
 from speakertrip.atomic import atomic_write
+from speakertrip.audio import audio_info, load_audio
+from speakertrip.audio.io import FLOAT_SUBTYPES, check_finite_samples
 from speakertrip.errors import FormatError, SpeakertripError
 
 
@@ -111,7 +112,8 @@ def build_utterances(entries: Sequence[tuple[str, str, str | Path]], skip_bad: b
                      progress: bool = True) -> tuple[list[Utterance], list[tuple[str, str]]]:
     """Read headers of ``(utt_id, spk_id, path)`` entries in parallel and make utterances.
 
-    ``deep`` also decodes every file to reject silent or NaN-bearing audio. Missing files,
+    ``deep`` also decodes every file to reject silent or NaN-bearing audio; float files are always
+    read to reject NaN or infinite samples (16-bit PCM cannot hold them: its header suffices). Missing files,
     unreadable audio, audio shorter than ``min_duration`` seconds and duplicate ids are
     collected; with ``skip_bad`` they are dropped and returned as ``(utt_id, reason)``,
     otherwise BadEntriesError lists them all.
@@ -130,6 +132,8 @@ def build_utterances(entries: Sequence[tuple[str, str, str | Path]], skip_bad: b
             info = audio_info(path)
             if deep:
                 load_audio(path)
+            elif info.subtype in FLOAT_SUBTYPES:  # NaN/inf cannot be judged from a header: read float files
+                check_finite_samples(path)
             if info.frames == 0 or info.duration < min_duration:
                 return utt_id, f"{path}: {info.duration:.3f} s is shorter than the minimum {min_duration:g} s"
         except SpeakertripError as error:
