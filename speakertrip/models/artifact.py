@@ -20,7 +20,7 @@ from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 from speakertrip.features import FeatureConfig, LogMelFrontend
 from speakertrip.models.embedding_model import ARTIFACT_FORMAT, ARTIFACT_VERSION, EmbeddingNetwork
 from speakertrip.models.encoder import build_encoder
-from speakertrip.plain_yaml import write_yaml
+from speakertrip.plain_yaml import plain_data
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -31,7 +31,8 @@ ENCODER_KEYS = ("name", "options")
 
 
 def save_model(model: EmbeddingNetwork, directory: str | Path) -> Path:
-    """Write the artifact of ``model`` into ``directory`` (created; files replaced atomically).
+    """Write the artifact of ``model`` into ``directory`` (created; both files replaced atomically, or
+    neither when writing fails: SpeakertripError naming the folder, e.g. on a full disk).
 
     Weights holding NaN or infinity are refused (SpeakertripError naming them); nothing is written.
     """
@@ -41,9 +42,14 @@ def save_model(model: EmbeddingNetwork, directory: str | Path) -> Path:
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     check_finite(state, directory, "the model")
     directory.mkdir(parents=True, exist_ok=True)
-    with atomic_write(directory / WEIGHTS_FILE) as handle:
-        handle.write(save(state, metadata={"format": "pt"}))
-    write_yaml(model.config, directory / CONFIG_FILE)
+    config_text = yaml.safe_dump(plain_data(model.config), sort_keys=False)
+    try:  # both files are complete before either replaces its old version
+        with atomic_write(directory / WEIGHTS_FILE) as weights, atomic_write(directory / CONFIG_FILE, "w") as config:
+            weights.write(save(state, metadata={"format": "pt"}))
+            config.write(config_text)
+    except OSError as error:
+        raise SpeakertripError(f"{directory}: could not write the model artifact ({error.strerror or error}); "
+                               "its previous files are unchanged") from error
     return directory
 
 
