@@ -65,8 +65,10 @@ def test_sigkill_during_enrolment_leaves_the_store_before_or_after(tmp_path, aft
     process = run_python(ENROL_FOREVER, str(path))
     lines = [process.stdout.readline() for _ in range(after)]  # enrolling is under way: kill it now
     process.send_signal(signal.SIGKILL)
-    out, _ = process.communicate()
-    committed = len(lines) + len(out.split())  # add() calls that returned before the kill
+    rest = process.stdout.read()  # not communicate(): it would skip what readline() buffered
+    process.wait()
+    process.stderr.close()
+    committed = len(lines) + len(rest.split())  # add() calls that returned before the kill
     names = check_consistent(path)
     # exactly the calls that returned, or one more (killed after COMMIT, before its print)
     assert names == [f"s{i:05d}" for i in range(len(names))]
