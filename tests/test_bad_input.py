@@ -307,3 +307,11 @@ def test_audio_errors_list_the_formats_that_work(tmp_path):
     with pytest.raises(st.errors.AudioError, match=r"garbage.mp3: not a readable audio file \(expected wav, flac, "
                                                    r"ogg, mp3"):
         st.audio.load_audio(garbage)
+
+
+
+def test_act_dcf_refuses_a_non_finite_threshold():
+    from speakertrip.scoring.metrics import act_dcf
+
+    with pytest.raises(ConfigError, match="threshold must be a finite number, got nan"):
+        act_dcf(np.array([0.9, 0.1]), np.array([1, 0]), threshold=math.nan)  # was 0.0: nothing accepted or rejected
