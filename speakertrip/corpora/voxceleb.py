@@ -159,7 +159,7 @@ def _hold_out_speakers(utterances: list[Utterance], held_out: set[str], count: i
     keys = {speaker: sorted(own)[:: max(1, -(-len(own) // 12))] for speaker, own in keys.items()}
     target = out / "trials" / "test_speakers.txt"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("\n".join(trial_lines(keys, chosen)) + "\n")
+    target.write_text("\n".join(dict.fromkeys(trial_lines(keys, chosen))) + "\n")  # random non-targets may repeat
     paths[target.stem] = target
     return set(chosen)
 
