@@ -281,8 +281,8 @@ def test_prepare_reads_only_float_files(corpus, tmp_path, monkeypatch):
 def test_prepare_without_trial_lists_says_so_and_offers_a_split(corpus, tmp_path):
     from speakertrip.corpora.voxceleb import prepare_voxceleb
 
-    with pytest.warns(UserWarning, match=r"no trial list found .* no train/test split: only utts.jsonl .* "
-                                         r"--test-speakers N"):
+    with pytest.warns(UserWarning, match=r"no trial list found .* no train/test split: no train.jsonl "
+                                         r"or test.jsonl .* --test-speakers N"):
         paths = prepare_voxceleb(corpus, tmp_path / "plain", workers=1, progress=False)
     assert sorted(paths) == ["utts"]
     with warnings.catch_warnings():

@@ -130,9 +130,11 @@ def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | P
     if test_speakers:
         held_out |= _hold_out_speakers(utterances, held_out, test_speakers, out, paths)
     elif not held_out:
-        warnings.warn(f"{root}: no trial list found ({', '.join(OFFICIAL_TRIALS)}) and none given, so there is no "
-                      "train/test split: only utts.jsonl was written. Hold out speakers with --test-speakers N "
-                      "(prepare_voxceleb(..., test_speakers=N)) or give --trials FILE", stacklevel=2)
+        reason = f"the trial lists ({', '.join(sorted(lists))}) span all of VoxCeleb1" if lists else \
+            f"no trial list found ({', '.join(OFFICIAL_TRIALS)}) and none given"
+        warnings.warn(f"{root}: {reason}, so there is no train/test split: no train.jsonl or test.jsonl was written. "
+                      "Hold out speakers with --test-speakers N (prepare_voxceleb(..., test_speakers=N)) or give a "
+                      "Vox1-O-style --trials FILE", stacklevel=2)
     if held_out:
         paths["train"] = write_manifest([u for u in utterances if u.spk_id not in held_out], out / "train.jsonl")
         paths["test"] = write_manifest([u for u in utterances if u.spk_id in held_out], out / "test.jsonl")
