@@ -79,18 +79,26 @@ class NonFiniteGuard:
             self.optimizer.step()
         self.pending.append((step, bad, ~torch.isfinite(waveforms).all(dim=1), batch))
 
-    def collect(self) -> list[SkippedStep]:
-        """The skipped steps since the last call (one host sync); raises NonFiniteTrainingError when
-        ``max_bad_steps`` came in a row."""
+    def window_flags(self) -> torch.Tensor:
+        """(S,) bool on the device: which of the S steps since the last :meth:`collect` were skipped."""
+        if not self.pending:
+            return torch.zeros(0, dtype=torch.bool)
+        return torch.stack([bad for _, bad, _, _ in self.pending])
+
+    def collect(self, flags: Sequence[bool] | None = None) -> list[SkippedStep]:
+        """The skipped steps since the last call, from ``flags`` (:meth:`window_flags` read by the caller
+        together with its own numbers; None reads them here: one host sync); raises
+        NonFiniteTrainingError when ``max_bad_steps`` came in a row."""
         if not self.pending:
             return []
-        flags = torch.stack([bad for _, bad, _, _ in self.pending]).tolist()
+        flags = self.window_flags().tolist() if flags is None else flags
         skipped, run = [], []
         for (step, _, rows, batch), bad in zip(self.pending, flags):
             if not bad:
                 self.consecutive, run = 0, []
                 continue
-            inputs = list(dict.fromkeys(batch[i] for i in torch.nonzero(rows).flatten().tolist() if i < len(batch)))
+            rows_bad = torch.nonzero(rows).flatten().tolist()  # only for a skipped step: a rare host read
+            inputs = list(dict.fromkeys(batch[i] if i < len(batch) else f"row {i} of the batch" for i in rows_bad))
             skipped.append(SkippedStep(step, inputs, list(batch)))
             run.append(skipped[-1])
             self.consecutive += 1

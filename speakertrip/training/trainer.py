@@ -19,7 +19,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -234,8 +234,9 @@ class Trainer:
         self.dist.barrier()
         return self.finish(time.perf_counter() - started)
 
-    def train_step(self, batch, paths: list[str]) -> None:
-        """One update; a non-finite loss or gradient skips it (:mod:`speakertrip.training.guard`)."""
+    def train_step(self, batch, paths: Sequence[str] = ()) -> None:
+        """One update; a non-finite loss or gradient skips it (:mod:`speakertrip.training.guard`), and
+        ``paths`` (the batch's files) name its utterances in the log."""
         from speakertrip.audio import to_float
 
         batch = batch.to(self.device, non_blocking=True)
@@ -267,11 +268,13 @@ class Trainer:
         if not self._window:
             return {}
         elapsed = time.perf_counter() - self._window_start
-        skipped = self.report_skipped(self.guard.collect())
-        kept = [record for step, record in enumerate(self._window, self.step - len(self._window) + 1)
-                if step not in skipped] or [{"loss": torch.tensor(math.nan)}]
-        means = {key: float(torch.stack([r[key].float() for r in kept if key in r]).mean()) for key in kept[-1]}
-        means["skipped_steps"] = len(skipped)
+        good = ~self.guard.window_flags()  # means over the steps that were not skipped (NaN if none was)
+        keys = [key for key in self._window[-1] if all(key in record for record in self._window)]
+        values = [torch.where(good, torch.stack([r[key].float() for r in self._window]), 0.0).sum() / good.sum()
+                  for key in keys]
+        numbers = torch.cat([torch.stack(values), (~good).float()]).tolist()  # the one host read
+        means = dict(zip(keys, numbers[:len(keys)]))
+        means["skipped_steps"] = len(self.report_skipped(self.guard.collect([bool(v) for v in numbers[len(keys):]])))
         means["lr"] = self.optimizer.param_groups[0]["lr"]
         means["utt_per_s"] = len(self._window) * self.batch_size / max(elapsed, 1e-9)
         self._window, self._window_start = [], time.perf_counter()
