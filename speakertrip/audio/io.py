@@ -1,6 +1,7 @@
 """Reading audio: whole files, in-memory signals and partial crops, with errors that name the file.
 
-soundfile reads wav, flac and ogg at any sample rate and channel count; torchaudio resamples.
+soundfile (libsndfile) reads wav, flac, ogg/opus, mp3, aiff and more (:func:`readable_formats`
+lists what the installed libsndfile reads) at any sample rate and channel count; torchaudio resamples.
 Signals come back mono float32 in [-1, 1], except :func:`read_crop`, which keeps 16-bit PCM
 as int16 (half the bytes to move through a DataLoader; :func:`to_float` converts on the device).
 """
@@ -20,6 +21,8 @@ import torch
 from speakertrip.errors import AudioError
 
 PathLike = Union[str, Path]
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the sample formats that can hold NaN or infinity
+COMMON_FORMATS = ("WAV", "FLAC", "OGG", "MP3", "AIFF", "CAF", "W64", "RF64")
 Signal = Union[np.ndarray, torch.Tensor]
 _INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.int8): 128.0,
               torch.int16: 32768.0, torch.int32: 2147483648.0, torch.int8: 128.0}
@@ -50,7 +53,34 @@ def _open(path: PathLike) -> sf.SoundFile:
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         reason = getattr(error, "error_string", str(error)).rstrip(".")
         hint = " Convert m4a/aac with `speakertrip convert`." if path.suffix.lower() in {".m4a", ".aac", ".mp4"} else ""
-        raise AudioError(f"{path}: not a readable audio file (expected wav, flac or ogg): {reason}.{hint}") from None
+        raise AudioError(f"{path}: not a readable audio file (expected {readable_formats()}): {reason}.{hint}") from None
+
+
+def readable_formats() -> str:
+    """The common formats the installed libsndfile reads, e.g. ``"wav, flac, ogg, mp3, aiff, ..."``.
+
+    >>> "wav" in readable_formats()
+    True
+    """
+    available = sf.available_formats()
+    return ", ".join(name.lower() for name in COMMON_FORMATS if name in available) + ", ..."
+
+
+def check_finite_samples(path: PathLike, block_frames: int = 1 << 20) -> None:
+    """AudioError naming ``path`` when a sample is NaN or infinite; reads in blocks of ``block_frames``.
+
+    Only float files can hold such samples; what their header says cannot tell (see FLOAT_SUBTYPES).
+    """
+    bad = total = 0
+    with _open(path) as handle:
+        try:
+            for block in handle.blocks(block_frames, dtype="float32", always_2d=True):
+                bad += int(block.size - np.count_nonzero(np.isfinite(block)))
+                total += block.size
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise AudioError(f"{path}: corrupt audio data: {error}") from None
+    if bad:
+        raise AudioError(f"{path}: contains NaN or infinite samples ({bad} of {total})")
 
 
 def audio_info(path: PathLike) -> AudioInfo:

@@ -9,7 +9,10 @@ Trial lists are the files given with ``trials`` plus any of the official names f
 root (Vox1-O ``veri_test.txt``, Vox1-E ``list_test_all.txt``, Vox1-H ``list_test_hard.txt`` and
 their cleaned ``...2.txt`` versions). The speakers of every list except Vox1-E/H (which span
 all of VoxCeleb1) are held out: ``test.jsonl`` holds them, ``train.jsonl`` the others, as
-VoxCeleb1 users train on "Vox1 dev" = Vox1 minus the Vox1-O speakers.
+VoxCeleb1 users train on "Vox1 dev" = Vox1 minus the Vox1-O speakers. Without such a list
+(VoxCeleb2 alone, or another corpus in this layout) ``--test-speakers N`` holds out the last N
+speakers by id, as Vox1-O holds out id10270-id10309, and writes a trial list over them
+(``trials/test_speakers.txt``); without either, only ``utts.jsonl`` is written and a warning says so.
 
 Manifest paths are relative to the output folder, so the corpus and its prepared folder can be
 moved or mounted elsewhere together. Headers are cached in ``<out>/headers.tsv`` (keyed by the
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -78,11 +82,13 @@ def _match_keys(trials: list[tuple[int, str, str]], known: set[str], dropped: se
 
 
 def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | Path] = (), workers: int = 8,
-                     skip_bad: bool = False, deep: bool = False, progress: bool = True) -> dict[str, Path]:
+                     skip_bad: bool = False, deep: bool = False, progress: bool = True,
+                     test_speakers: int = 0) -> dict[str, Path]:
     """Write ``<out>/utts.jsonl``, ``<out>/trials/*.txt`` and, with a held-out list, train/test manifests.
 
     Returns the paths written: ``"utts"``, ``"train"``, ``"test"`` and one entry per trial list
-    (its file stem, e.g. ``"veri_test2"``). Re-running rewrites the same files.
+    (its file stem, e.g. ``"veri_test2"``). Re-running rewrites the same files. ``test_speakers``
+    holds out that many more speakers (the last by id) with a trial list over them.
 
     >>> import tempfile
     >>> from speakertrip.testing import make_voxceleb_tree
@@ -122,12 +128,43 @@ def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | P
         paths[target.stem] = target
         if not target.stem.startswith(WHOLE_VOX1_TRIALS):
             held_out |= {key.split("/")[0] for _, enrol, test in matched for key in (enrol, test)}
+    if test_speakers:
+        held_out |= _hold_out_speakers(utterances, held_out, test_speakers, out, paths)
+    elif not held_out:
+        reason = f"the trial lists ({', '.join(sorted(lists))}) span all of VoxCeleb1" if lists else \
+            f"no trial list found ({', '.join(OFFICIAL_TRIALS)}) and none given"
+        warnings.warn(f"{root}: {reason}, so there is no train/test split: no train.jsonl or test.jsonl was written. "
+                      "Hold out speakers with --test-speakers N (prepare_voxceleb(..., test_speakers=N)) or give a "
+                      "Vox1-O-style --trials FILE", stacklevel=2)
     if held_out:
         paths["train"] = write_manifest([u for u in utterances if u.spk_id not in held_out], out / "train.jsonl")
         paths["test"] = write_manifest([u for u in utterances if u.spk_id in held_out], out / "test.jsonl")
     if progress:
         _print_summary(utterances, held_out, paths, len(dropped))
     return paths
+
+
+def _hold_out_speakers(utterances: list[Utterance], held_out: set[str], count: int, out: Path,
+                       paths: dict[str, Path]) -> set[str]:
+    """The last ``count`` speakers by id not already held out; writes ``trials/test_speakers.txt`` over them
+    (:func:`speakertrip.corpora.synth.trial_lines` on at most 12 utterances a speaker, spread over the list)."""
+    from speakertrip.corpora.synth import trial_lines
+
+    free = sorted({u.spk_id for u in utterances} - held_out)
+    if not 2 <= count < len(free):
+        raise SpeakertripError(f"--test-speakers {count}: need 2 .. {len(free) - 1} (the corpus has {len(free)} "
+                               "speakers not held out already, and training needs at least one)")
+    chosen = free[-count:]
+    keys: dict[str, list[str]] = {speaker: [] for speaker in chosen}
+    for utterance in utterances:
+        if utterance.spk_id in keys:
+            keys[utterance.spk_id].append(utterance.utt_id)
+    keys = {speaker: sorted(own)[:: max(1, -(-len(own) // 12))] for speaker, own in keys.items()}
+    target = out / "trials" / "test_speakers.txt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(dict.fromkeys(trial_lines(keys, chosen))) + "\n")  # random non-targets may repeat
+    paths[target.stem] = target
+    return set(chosen)
 
 
 def _print_summary(utterances: list[Utterance], held_out: set[str], paths: dict[str, Path], dropped: int) -> None:
@@ -155,10 +192,15 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="trial lists in VoxCeleb format (official names under the root are found anyway)")
     parser.add_argument("--workers", type=int, default=8, help="threads reading headers (default 8)")
     parser.add_argument("--skip-bad", action="store_true", help="drop missing/unreadable files instead of failing")
-    parser.add_argument("--deep", action="store_true", help="decode every file to reject silent or NaN audio")
+    parser.add_argument("--deep", action="store_true", help="decode every file to reject silent or NaN audio "
+                        "(float files are always read, for NaN/inf)")
+    parser.add_argument("--test-speakers", type=int, default=0, metavar="N",
+                        help="hold out the last N speakers (by id) as a test set with a trial list over them; "
+                        "for corpora without a trial list, such as VoxCeleb2")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    prepare_voxceleb(args.root, args.out, args.trials, workers=args.workers, skip_bad=args.skip_bad, deep=args.deep)
+    prepare_voxceleb(args.root, args.out, args.trials, workers=args.workers, skip_bad=args.skip_bad, deep=args.deep,
+                     test_speakers=args.test_speakers)
     return 0

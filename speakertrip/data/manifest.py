@@ -19,6 +19,7 @@ from tqdm import tqdm
 from speakertrip.audio import AudioInfo, audio_info, load_audio
 from speakertrip.audio.headers import HeaderCache
 from speakertrip.atomic import atomic_write
+from speakertrip.audio.io import FLOAT_SUBTYPES, check_finite_samples
 from speakertrip.errors import FormatError, SpeakertripError
 
 
@@ -116,9 +117,11 @@ def build_utterances(entries: Sequence[tuple[str, str, str | Path]], skip_bad: b
                      headers: HeaderCache | None = None) -> tuple[list[Utterance], list[tuple[str, str]]]:
     """Read headers of ``(utt_id, spk_id, path)`` entries in parallel and make utterances.
 
-    ``headers`` reuses the cached header of every file whose size and mtime are unchanged.
+    ``headers`` reuses the cached header of every file whose size and mtime are unchanged (float
+    files excepted: they are read again).
 
-    ``deep`` also decodes every file to reject silent or NaN-bearing audio. Missing files,
+    ``deep`` also decodes every file to reject silent or NaN-bearing audio; float files are always
+    read to reject NaN or infinite samples (16-bit PCM cannot hold them: its header suffices). Missing files,
     unreadable audio, audio shorter than ``min_duration`` seconds and duplicate ids are
     collected; with ``skip_bad`` they are dropped and returned as ``(utt_id, reason)``,
     otherwise BadEntriesError lists them all.
@@ -143,12 +146,15 @@ def build_utterances(entries: Sequence[tuple[str, str, str | Path]], skip_bad: b
             info = headers.info(path) if headers is not None else audio_info(path)
             if deep:
                 load_audio(path)
+            elif info.subtype in FLOAT_SUBTYPES:  # NaN/inf cannot be judged from a header: read float files
+                check_finite_samples(path)
         except SpeakertripError as error:
             return utt_id, str(error)
         return make(entry, info)
 
     cached = {} if headers is None or deep else {index: info for index, (_, _, path) in enumerate(unique)
-                                                 if (info := headers.cached(path)) is not None}
+                                                 if (info := headers.cached(path)) is not None
+                                                 and info.subtype not in FLOAT_SUBTYPES}
     with ThreadPoolExecutor(max(1, workers)) as pool:  # only new or changed files reach the threads
         read = iter(list(tqdm(pool.map(inspect, [e for i, e in enumerate(unique) if i not in cached]),
                               total=len(unique) - len(cached), desc="reading headers", unit="file",

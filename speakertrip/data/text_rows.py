@@ -12,7 +12,8 @@ from speakertrip.errors import FormatError
 
 
 class TextRows:
-    """The non-blank lines of a text file split on whitespace; blank lines are skipped.
+    """The non-blank lines of a text file split on whitespace; blank lines and a UTF-8 byte-order mark
+    (as Windows editors write) are skipped.
 
     ``rows[i]`` is the list of fields of the i-th non-blank line, found at ``line_no(i)``.
     """
@@ -20,7 +21,7 @@ class TextRows:
     def __init__(self, path: str | os.PathLike, what: str):
         self.path = Path(path)
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_text(encoding="utf-8-sig")
         except FileNotFoundError:
             raise FormatError(f"no such {what}", self.path) from None
         except (UnicodeDecodeError, IsADirectoryError) as error:

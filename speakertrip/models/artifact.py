@@ -6,6 +6,9 @@ Loading never runs code from a file: YAML is read with ``safe_load``, weights wi
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
@@ -14,51 +17,167 @@ import yaml
 
 from speakertrip.atomic import atomic_write
 from speakertrip.errors import ConfigError, FormatError, SpeakertripError
-from speakertrip.features import FeatureConfig
+from speakertrip.features import FeatureConfig, LogMelFrontend
 from speakertrip.models.embedding_model import ARTIFACT_FORMAT, ARTIFACT_VERSION, EmbeddingNetwork
-from speakertrip.plain_yaml import write_yaml
+from speakertrip.models.encoder import build_encoder
+from speakertrip.plain_yaml import plain_data
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 TORCH_WEIGHTS_FILE = "model.pt"
 Network = TypeVar("Network", bound=EmbeddingNetwork)
+CONFIG_KEYS = ("format", "version", "features", "encoder", "embedding_dim", "evaluation")
+ENCODER_KEYS = ("name", "options")
 
 
 def save_model(model: EmbeddingNetwork, directory: str | Path) -> Path:
-    """Write the artifact of ``model`` into ``directory`` (created; files replaced atomically)."""
+    """Write the artifact of ``model`` into ``directory`` (created; both files replaced atomically, or
+    neither when writing fails: SpeakertripError naming the folder, e.g. on a full disk).
+
+    Weights holding NaN or infinity are refused (SpeakertripError naming them); nothing is written.
+    """
     from safetensors.torch import save
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    with atomic_write(directory / WEIGHTS_FILE) as handle:
-        handle.write(save(state, metadata={"format": "pt"}))
-    write_yaml(model.config, directory / CONFIG_FILE)
+    check_finite(state, directory, "the model")
+    directory.mkdir(parents=True, exist_ok=True)
+    config_text = yaml.safe_dump(plain_data(model.config), sort_keys=False)
+    try:  # both files are complete before either replaces its old version
+        with atomic_write(directory / WEIGHTS_FILE) as weights, atomic_write(directory / CONFIG_FILE, "w") as config:
+            weights.write(save(state, metadata={"format": "pt"}))
+            config.write(config_text)
+    except OSError as error:
+        raise SpeakertripError(f"{directory}: could not write the model artifact ({error.strerror or error}); "
+                               "its previous files are unchanged") from error
     return directory
+
+
+def check_finite(state: Mapping[str, Any], where: str | Path, what: str) -> None:
+    """SpeakertripError naming ``where`` and the tensors when a (nested) state dict holds NaN or infinity."""
+    bad = _nonfinite_tensors(state)
+    if bad:
+        raise SpeakertripError(f"{where}: {what} holds NaN or infinite values in {len(bad)} tensor(s) "
+                               f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); refused, nothing written")
+
+
+def _nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
+    found = []
+    for key, value in state.items():
+        if isinstance(value, Mapping):
+            found += [f"{key}.{name}" for name in _nonfinite_tensors(value)]
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            found.append(str(key))
+    return found
 
 
 def model_from_config(config: Any, source: str | Path = "config",
                       network_class: type[Network] = EmbeddingNetwork) -> Network:
     """Build an untrained ``network_class`` (an :class:`EmbeddingNetwork`) from an artifact config.
 
-    Errors name ``source``.
+    Every key and type is checked first (:func:`check_config`); errors name ``source`` and the key.
+    """
+    check_config(config, source)
+    encoder = config["encoder"]
+    try:
+        return network_class(FeatureConfig.from_dict(config["features"]), encoder["name"],
+                             encoder.get("options") or {}, config.get("evaluation") or {})
+    except ConfigError as error:
+        raise FormatError(str(error), source) from None
+
+
+def check_config(config: Any, source: str | Path = "config") -> None:
+    """Raise FormatError naming ``source`` and the key for an unknown key or a value of the wrong type.
+
+    ``evaluation`` may hold any keys (the trainer and calibration record more over time), but its
+    thresholds and error rates must be finite numbers.
     """
     if not isinstance(config, Mapping) or config.get("format") != ARTIFACT_FORMAT:
         raise FormatError(f"not a speakertrip model config (expected 'format: {ARTIFACT_FORMAT}')", source)
     if config.get("version") != ARTIFACT_VERSION:
         raise FormatError(f"model format version {config.get('version')!r} is not supported "
                           f"(this speakertrip reads version {ARTIFACT_VERSION})", source)
+    _check_keys(config, CONFIG_KEYS, "", source)
     for key in ("features", "encoder"):
         if not isinstance(config.get(key), Mapping):
             raise FormatError(f"key {key!r} is missing or not a mapping", source)
     encoder = config["encoder"]
+    _check_keys(encoder, ENCODER_KEYS, "encoder.", source)
     if not isinstance(encoder.get("name"), str):
         raise FormatError("key 'encoder.name' is missing or not a string", source)
+    if not isinstance(encoder.get("options") or {}, Mapping):
+        raise FormatError(f"key 'encoder.options' must be a mapping, got {encoder['options']!r}", source)
+    _check_keys(config["features"], [field.name for field in dataclasses.fields(FeatureConfig)], "features.", source)
+    hints = typing.get_type_hints(FeatureConfig)
+    for key, value in config["features"].items():
+        if not _is_instance(value, hints[key]):
+            raise FormatError(f"key 'features.{key}' must be {_describe(hints[key])}, got {value!r}", source)
+    dim = config.get("embedding_dim")
+    if dim is not None and not _is_instance(dim, int):
+        raise FormatError(f"key 'embedding_dim' must be an int, got {dim!r}", source)
+    evaluation = config.get("evaluation")
+    if evaluation is not None and not isinstance(evaluation, Mapping):
+        raise FormatError(f"key 'evaluation' must be a mapping, got {evaluation!r}", source)
+    for key, value in (evaluation or {}).items():
+        if (key in ("eer", "min_cllr", "cllr") or str(key).startswith("min_dcf") or str(key).endswith("threshold")) \
+                and not (_is_instance(value, float) and math.isfinite(value)):
+            raise FormatError(f"key 'evaluation.{key}' must be a finite number, got {value!r}", source)
+
+
+def _check_keys(values: Mapping[str, Any], valid: typing.Sequence[str], prefix: str, source: str | Path) -> None:
+    unknown = sorted(str(key) for key in set(values) - set(valid))
+    if unknown:
+        raise FormatError(f"unknown key(s) {', '.join(repr(prefix + key) for key in unknown)}; valid keys"
+                          f"{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}", source)
+
+
+def _is_instance(value: Any, kind: Any) -> bool:
+    """Does ``value`` fit the annotation ``kind`` (int, float (ints too), bool, str, or ``X | None``)?"""
+    arguments = typing.get_args(kind)
+    if arguments:
+        return any(_is_instance(value, argument) for argument in arguments)
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
+def _describe(kind: Any) -> str:
+    arguments = typing.get_args(kind)
+    if arguments:
+        return " or ".join(_describe(argument) for argument in arguments)
+    return "null" if kind is type(None) else getattr(kind, "__name__", str(kind))
+
+
+def declared_shapes(config: Mapping[str, Any], source: str | Path) -> tuple[dict[str, tuple[int, ...]], int]:
+    """Tensor shapes and embedding size the (checked) config declares, found without allocating the
+    encoder (it is built on PyTorch's ``meta`` device)."""
     try:
-        return network_class(FeatureConfig.from_dict(config["features"]), encoder["name"],
-                             encoder.get("options") or {}, config.get("evaluation") or {})
+        features = FeatureConfig.from_dict(config["features"])
+        frontend = LogMelFrontend(features)
+        with torch.device("meta"):
+            encoder = build_encoder(config["encoder"]["name"], features.n_mels, config["encoder"].get("options") or {})
     except ConfigError as error:
         raise FormatError(str(error), source) from None
+    shapes = {f"frontend.{key}": tuple(value.shape) for key, value in frontend.state_dict().items()}
+    shapes.update({f"encoder.{key}": tuple(value.shape) for key, value in encoder.state_dict().items()})
+    return shapes, int(encoder.embedding_dim)
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """The shape of every tensor of a safetensors file, read from its header alone; None for other formats."""
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise FormatError(f"unreadable safetensors file: {error}", path) from None
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -82,17 +201,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def load_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
     """``module.load_state_dict(state)`` with one error listing missing, unexpected and misshapen tensors."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{key} {tuple(state[key].shape)} (expected {tuple(expected[key].shape)})"
-             for key in sorted(set(state) & set(expected)) if state[key].shape != expected[key].shape]
+    check_shapes({key: tuple(value.shape) for key, value in module.state_dict().items()},
+                 {key: tuple(value.shape) for key, value in state.items()}, source)
+    module.load_state_dict(state)
+
+
+def check_shapes(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], source: Path) -> None:
+    """FormatError listing missing, unexpected and misshapen tensors of ``found`` against ``expected``."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{key} {found[key]} (expected {expected[key]})"
+             for key in sorted(set(found) & set(expected)) if found[key] != expected[key]]
     problems = [f"{label}: {', '.join(items[:5])}" + (f" and {len(items) - 5} more" if len(items) > 5 else "")
                 for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
                 if items]
     if problems:
         raise FormatError("weights do not match the model config; " + "; ".join(problems), source)
-    module.load_state_dict(state)
 
 
 def load_network(directory: str | Path, device: str | torch.device = "cpu",
@@ -110,11 +234,19 @@ def load_network(directory: str | Path, device: str | torch.device = "cpu",
         config = yaml.safe_load(config_path.read_text())
     except yaml.YAMLError as error:
         raise FormatError(f"invalid YAML: {error}", config_path) from None
-    model = model_from_config(config, config_path, network_class)
+    check_config(config, config_path)
     weights = next((directory / name for name in (WEIGHTS_FILE, TORCH_WEIGHTS_FILE) if (directory / name).is_file()),
                    None)
     if weights is None:
         raise SpeakertripError(f"{directory}: {CONFIG_FILE} found but no {WEIGHTS_FILE} (or {TORCH_WEIGHTS_FILE})")
+    expected, embedding_dim = declared_shapes(config, config_path)
+    header = weight_shapes(weights)
+    if header is not None:  # before anything is allocated: a config claiming channels: 4000 fails here
+        check_shapes(expected, header, weights)
+    if config.get("embedding_dim", embedding_dim) != embedding_dim:
+        raise FormatError(f"key 'embedding_dim' is {config['embedding_dim']}, but the encoder it describes makes "
+                          f"{embedding_dim}-d embeddings", config_path)
+    model = model_from_config(config, config_path, network_class)
     load_state(model, read_weights(weights), weights)
     return model.to(device).eval()
 

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from speakertrip.errors import ConfigError
 from speakertrip.scoring.operating_points import OperatingPoints, check_trials, operating_points
 
 
@@ -93,6 +94,8 @@ def act_dcf(scores: np.ndarray, labels: np.ndarray, threshold: float | None = No
     scores, labels = check_trials(scores, labels)
     if threshold is None:
         threshold = bayes_threshold(p_target, c_miss, c_fa)
+    elif not math.isfinite(threshold):  # NaN would accept and reject nothing: an actDCF of 0
+        raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
     p_miss = np.count_nonzero(scores[labels] < threshold) / np.count_nonzero(labels)
     p_fa = np.count_nonzero(scores[~labels] >= threshold) / np.count_nonzero(~labels)
     return float((c_miss * p_target * p_miss + c_fa * (1 - p_target) * p_fa) / dcf_normaliser(p_target, c_miss, c_fa))

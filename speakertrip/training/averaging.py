@@ -11,6 +11,7 @@ import torch
 
 from speakertrip.errors import ConfigError, SpeakertripError
 from speakertrip.models import EmbeddingNetwork
+from speakertrip.models.artifact import check_finite
 from speakertrip.scoring.dev_calibration import KEY as CALIBRATION_KEY
 from speakertrip.scoring.dev_calibration import DevCalibration
 from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint
@@ -36,7 +37,10 @@ def build_model(config: TrainConfig) -> EmbeddingNetwork:
 
 
 def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple[EmbeddingNetwork, list[int]]:
-    """The model whose weights are the mean of the snapshots (or checkpoints) at ``paths``; and their steps."""
+    """The model whose weights are the mean of the snapshots (or checkpoints) at ``paths``; and their steps.
+
+    A snapshot holding NaN or infinity is refused by name (it would poison the average).
+    """
     if not paths:
         raise SpeakertripError("no snapshots to average: train for at least one epoch, or give --checkpoints")
     checkpoints = [load_checkpoint(path) for path in paths]
@@ -45,6 +49,7 @@ def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple
     states = [{key: value for key, value in checkpoint["model"].items() if key in expected}
               for checkpoint in checkpoints]
     for path, state in zip(paths, states):
+        check_finite(state, path, "snapshot")
         if set(state) != expected:
             raise SpeakertripError(f"{path}: its weights do not fit the config's model "
                                    f"(missing {sorted(expected - set(state))[:3]})")

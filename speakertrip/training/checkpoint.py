@@ -15,13 +15,26 @@ import torch
 
 from speakertrip.atomic import atomic_write
 from speakertrip.errors import FormatError, SpeakertripError
+from speakertrip.models.artifact import check_finite
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves half a file."""
+    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves half a file.
+
+    Model weights holding NaN or infinity, and a failed write (a full disk), raise SpeakertripError
+    naming ``path``; the previous file stays as it was.
+    """
     path = Path(path)
-    with atomic_write(path, fsync=True) as file:
-        torch.save(dict(state), file)
+    check_finite(state.get("model", {}), path, "the model of this checkpoint")
+    try:
+        with atomic_write(path, fsync=True) as file:
+            torch.save(dict(state), file)
+    except (OSError, RuntimeError) as error:  # torch.save reports a failed write as a RuntimeError
+        cause = error if isinstance(error, OSError) else error.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise SpeakertripError(f"{path}: could not write the checkpoint ({cause.strerror or cause}); "
+                               "the previous file is unchanged") from error
     return path
 
 

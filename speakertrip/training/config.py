@@ -29,6 +29,7 @@ from speakertrip.errors import ConfigError, FormatError
 from speakertrip.features import FeatureConfig
 from speakertrip.options import build_dataclass
 from speakertrip.plain_yaml import plain_data, write_yaml
+from speakertrip.training.domains import check_domains
 
 
 @dataclass
@@ -99,7 +100,8 @@ class LoopConfig:
 
     ``amp``: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` or ``off``. ``validate_every`` steps
     (0: at the end of each epoch). ``checkpoint_every`` steps (0: each epoch end only).
-    ``average_last``: epoch checkpoints averaged into the final model.
+    ``average_last``: epoch checkpoints averaged into the final model. A step with a non-finite loss
+    or gradient changes no weight and is logged; ``max_bad_steps`` of them in a row stop the run.
     """
 
     exp_dir: str = "exp/run"
@@ -115,6 +117,7 @@ class LoopConfig:
     average_last: int = 3
     compile: bool = False
     progress: bool = True
+    max_bad_steps: int = 10
 
 
 @dataclass
@@ -136,7 +139,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
-        return build_dataclass(cls, values, source)
+        config = build_dataclass(cls, values, source)
+        check_domains(config, source)
+        return config
 
 
 

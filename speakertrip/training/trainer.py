@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -34,6 +34,7 @@ from speakertrip.training.averaging import build_model, export_model, list_snaps
 from speakertrip.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from speakertrip.training.config import TrainConfig, save_config
 from speakertrip.training.distributed import Distributed, cleanup_distributed, gather_batch, setup_distributed
+from speakertrip.training.guard import NonFiniteGuard
 from speakertrip.training.metrics_log import MetricsLog, plot_curves
 from speakertrip.training.step_timer import StepTimer
 from speakertrip.training.schedule import build_optimizer, learning_rate, set_learning_rate, warmup_steps
@@ -160,6 +161,7 @@ class Trainer:
             self.wrapped = nn.parallel.DistributedDataParallel(
                 self.module, device_ids=[device] if device.type == "cuda" else None)
         self.optimizer = build_optimizer(self.module.parameters(), config.optim)
+        self.guard = NonFiniteGuard(self.module, self.optimizer, loop.max_bad_steps)
         self.amp_dtype = torch.bfloat16 if loop.amp == "bf16" or (loop.amp == "auto" and device.type == "cuda") \
             else None
 
@@ -181,7 +183,7 @@ class Trainer:
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "rng": {"ranks": rng_states}, "world_size": self.dist.world_size, "best": dict(self.best),
-                "config": self.config.to_dict()}
+                "skipped_steps": self.guard.skipped, "config": self.config.to_dict()}
 
     def rng_states(self) -> list[dict[str, Any]]:
         """Every rank's generator states, in rank order (a collective: every rank calls it)."""
@@ -198,6 +200,7 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.step, self.epoch = int(checkpoint["step"]), int(checkpoint["epoch"])
         self.batch_in_epoch, self.best = int(checkpoint["batch_in_epoch"]), dict(checkpoint["best"])
+        self.guard.skipped = int(checkpoint.get("skipped_steps", 0))
         changed = _differences(checkpoint.get("config", {}), self.config.to_dict())
         if changed:
             warnings.warn(f"resuming {path} with a changed config: {', '.join(changed)}", stacklevel=2)
@@ -251,9 +254,9 @@ class Trainer:
         self.timer.restart()
         while self.step < self.total_steps:
             self.sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
-            for batch in self.loader:
+            for batch, items in zip(self.loader, self.sampler):  # the sampler replays the loader's batches
                 self.timer.batch_ready()
-                self.train_step(batch)
+                self.train_step(batch, [self.dataset.utterances[index].path for index, _ in items])
                 self.timer.step_done()
                 bar.update(1)
                 if self.step % loop.log_every == 0 or self.step == self.total_steps:
@@ -277,7 +280,9 @@ class Trainer:
         self.dist.barrier()
         return self.finish(time.perf_counter() - started)
 
-    def train_step(self, batch) -> None:
+    def train_step(self, batch, paths: Sequence[str] = ()) -> None:
+        """One update; a non-finite loss or gradient skips it (:mod:`speakertrip.training.guard`), and
+        ``paths`` (the batch's files) name its utterances in the log."""
         from speakertrip.audio import to_float
 
         batch = batch.to(self.device, non_blocking=True)
@@ -287,13 +292,17 @@ class Trainer:
         set_learning_rate(self.optimizer, learning_rate(self.step, self.total_steps, self.config.optim.lr,
                                                         self.config.schedule))
         self.module.train()
+        self.guard.save_buffers()
         loss = self.wrapped(waveforms, lengths, labels, self.amp_dtype)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         record = {"loss": loss.detach()}
         if self.config.train.grad_clip:
-            record["grad_norm"] = nn.utils.clip_grad_norm_(self.module.parameters(), self.config.train.grad_clip)
-        self.optimizer.step()
+            grad_norm = record["grad_norm"] = nn.utils.clip_grad_norm_(self.module.parameters(),
+                                                                       self.config.train.grad_clip)
+        else:
+            grad_norm = nn.utils.get_total_norm([p.grad for p in self.module.parameters() if p.grad is not None])
+        self.guard.step(loss, grad_norm, waveforms, self.step + 1, paths)
         record.update(getattr(self.module.criterion, "last_stats", {}))
         self._window.append(record)
         self.step += 1
@@ -305,9 +314,13 @@ class Trainer:
         Returns the progress-bar fields."""
         if not self._window:
             return {}
-        keys = list(self._window[-1])
-        values = torch.stack([torch.stack([r[key].float() for r in self._window if key in r]).mean() for key in keys])
-        means = dict(zip(keys, values.tolist()))
+        good = ~self.guard.window_flags()  # means over the steps that were not skipped (NaN if none was)
+        keys = [key for key in self._window[-1] if all(key in record for record in self._window)]
+        values = [torch.where(good, torch.stack([r[key].float() for r in self._window]), 0.0).sum() / good.sum()
+                  for key in keys]
+        numbers = torch.cat([torch.stack(values), (~good).float()]).tolist()  # the one host read
+        means = dict(zip(keys, numbers[:len(keys)]))
+        means["skipped_steps"] = len(self.report_skipped(self.guard.collect([bool(v) for v in numbers[len(keys):]])))
         means["lr"] = self.optimizer.param_groups[0]["lr"]
         timed = self.timer.window()
         steps = max(timed.steps, 1)
@@ -326,6 +339,17 @@ class Trainer:
         if "active_fraction" in means:
             shown["active"] = f"{means['active_fraction']:.3f}"
         return shown
+
+    def report_skipped(self, skipped: list) -> set[int]:
+        """Log each skipped step with the utterances of its batch; returns their step numbers."""
+        for item in skipped:
+            culprits = ", ".join(item.nonfinite_inputs[:3]) or "none (the loss or model overflowed)"
+            if self.dist.is_main:
+                self.log.write(kind="skipped", step=item.step, reason="non-finite loss or gradient",
+                               nonfinite_inputs=item.nonfinite_inputs, batch=item.batch)
+                tqdm.write(f"step {item.step}: non-finite loss or gradient, update skipped (no weight changed); "
+                           f"non-finite input: {culprits}")
+        return {item.step for item in skipped}
 
     def watch_active_fraction(self, fraction: float | None) -> None:
         if fraction is not None and self.activity.update(self.step, fraction):
@@ -381,6 +405,8 @@ class Trainer:
         rows = [("steps", f"{self.step} ({self.epoch} epochs of {self.steps_per_epoch})"),
                 ("batch", f"{self.config.loss.p * self.dist.world_size} speakers x {self.config.loss.k}"),
                 ("final loss", f"{last.get('loss', math.nan):.4f}"),
+                *([("skipped steps", f"{self.guard.skipped} (non-finite loss or gradient; see metrics.jsonl)")]
+                  if self.guard.skipped else []),
                 ("time", f"{seconds:.1f} s")]
         rows += throughput_rows(steps)
         if "eer" in evaluation:

@@ -7,7 +7,10 @@ Each speaker keeps every utterance embedding and their centroid: the L2-normalis
 recomputed from all of the speaker's utterances inside the same transaction.
 
 SQLite's WAL mode needs a local file system (not NFS); the ``-wal``/``-shm`` side files disappear
-when the last connection closes.
+when the last connection closes. A store that this process cannot write (a read-only file, folder
+or file system) opens read-only: reading works, writing raises :class:`ReadOnlyStoreError`, and
+no side file is made (SQLite's ``immutable`` mode: it assumes nobody writes the file meanwhile). Only a call that enrols creates a store; opening a missing one for reading
+raises :class:`StoreNotFoundError`.
 
 >>> store = EnrollmentStore("speakers.db", model_identity="3f2a...", embedding_dim=192)  # doctest: +SKIP
 >>> store.add("alice", embeddings, sources=["a1.wav", "a2.wav"])                    # doctest: +SKIP
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,24 @@ class ModelMismatchError(SpeakertripError):
     """The store's embeddings were made by another model than the one asked to score with it."""
 
 
+class StoreNotFoundError(KeyNotFoundError):
+    """No enrolment store at the path given (only enrolment creates one)."""
+
+
+class ReadOnlyStoreError(SpeakertripError):
+    """A write (enrol, remove, cohort) to a store this process may only read."""
+
+
+def missing_store(path: Path) -> StoreNotFoundError:
+    return StoreNotFoundError(f"{path}: no enrolment store here (the file does not exist); only enrolment creates "
+                              f"one: speakertrip enroll --store {path} NAME FILE ...")
+
+
+def is_writable(path: Path) -> bool:
+    """Can SQLite write ``path`` and create its ``-wal``/``-shm`` files beside it?"""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+
+
 @dataclass(frozen=True)
 class SpeakerInfo:
     """One enrolled speaker: name, number of utterances, last change (ISO 8601, UTC)."""
@@ -69,8 +91,9 @@ class EnrollmentStore:
 
     Parameters
     ----------
-    path : the database file; created when missing if ``create`` (then ``model_identity`` and
-        ``embedding_dim`` are required)
+    path : the database file; created when missing if ``create`` and ``model_identity`` and
+        ``embedding_dim`` are given (else a missing file raises StoreNotFoundError); opened
+        read-only when this process cannot write it or its folder
     model_identity : hex digest of the model (``EmbeddingModel.identity``); None opens the store
         without checking (listing speakers needs no model)
     embedding_dim : D, checked against the store
@@ -83,13 +106,14 @@ class EnrollmentStore:
         self.path = Path(path)
         if self.path.is_dir():
             raise FormatError("is a directory, expected an enrolment store file (.db)", self.path)
-        if not self.path.exists() and not create:
-            raise KeyNotFoundError(f"{self.path}: no enrolment store here; enrol a speaker first "
-                                   f"(speakertrip enroll --store {self.path} ...)")
+        exists = self.path.exists()
+        if not exists and not (create and model_identity is not None and embedding_dim is not None):
+            raise missing_store(self.path)
         self._writes = 0
         self._cache: tuple[tuple[int, int], list[str], np.ndarray] | None = None
+        self.read_only = exists and not is_writable(self.path)
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            self._db = self._connect(timeout)
         except sqlite3.Error as error:
             raise FormatError(f"cannot open the enrolment store: {error}", self.path) from None
         try:
@@ -97,6 +121,14 @@ class EnrollmentStore:
         except BaseException:
             self._db.close()
             raise
+
+    def _connect(self, timeout: float) -> sqlite3.Connection:
+        """Read-write, or ``immutable`` when this process cannot write the store: SQLite then reads the
+        file alone, making no ``-wal``/``-shm`` files (``mode=ro`` would leave them in a writable folder)."""
+        if not self.read_only:
+            return sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+        return sqlite3.connect(f"{self.path.resolve().as_uri()}?immutable=1", timeout=timeout, isolation_level=None,
+                               uri=True)
 
     def _open(self, model_identity: str | None, embedding_dim: int | None, timeout: float) -> None:
         try:
@@ -106,7 +138,7 @@ class EnrollmentStore:
                 raise FormatError("a SQLite file but not a speakertrip enrolment store (tables: "
                                   f"{', '.join(sorted(tables))}); choose another --store path", self.path)
             if not tables:  # a new (or empty) file; another process may be creating it too: all idempotent
-                if model_identity is None or embedding_dim is None:
+                if model_identity is None or embedding_dim is None or self.read_only:
                     raise KeyNotFoundError(f"{self.path}: empty enrolment store; enrol a speaker first")
                 self._db.execute("PRAGMA journal_mode = WAL")
                 with self._transaction():
@@ -278,6 +310,10 @@ class _Transaction:
         self.store = store
 
     def __enter__(self) -> None:
+        if self.store.read_only:
+            raise ReadOnlyStoreError(f"{self.store.path}: the enrolment store is read-only (this process cannot "
+                                     "write the file or its folder); nothing was changed. Enrol into a writable "
+                                     "copy, or fix the permissions")
         self.store._db.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, kind: type | None, *exc: object) -> None:

@@ -33,7 +33,7 @@ from speakertrip.scoring.dev_calibration import DevCalibration
 from speakertrip.scoring.enrolment import check_scoring, speaker_scores
 from speakertrip.scoring.norm import apply_norm, cohort_stats, resolve_top_k
 from speakertrip.scoring.score_summary import check_rate
-from speakertrip.verification.store import EnrollmentStore, ModelMismatchError, check_name
+from speakertrip.verification.store import EnrollmentStore, ModelMismatchError, check_name, missing_store
 
 NORMS = (None, "asnorm")
 DEFAULT_SCORING = "centroid"
@@ -104,7 +104,8 @@ class Verifier:
     Parameters
     ----------
     model : an ``EmbeddingModel``, or the directory of a model artifact
-    store : an SQLite file (created on first enrolment) or an open :class:`EnrollmentStore`
+    store : an SQLite file (created by the first enrolment; other calls on a missing one raise
+        StoreNotFoundError) or an open :class:`EnrollmentStore`
     threshold : accept scores >= this cosine
     far : accept at the threshold with this false-accept rate on the artifact's dev non-targets (0 < far < 1)
     frr : accept at the threshold with this false-reject rate on the artifact's dev targets (0 < frr < 1)
@@ -134,12 +135,28 @@ class Verifier:
         if cohort_top_n < 1:
             raise ConfigError(f"cohort_top_n must be >= 1, got {cohort_top_n}")
         self.model, self.norm, self.cohort_top_n = model, norm, cohort_top_n
+        self._path = Path(store.path if isinstance(store, EnrollmentStore) else store)
         if not isinstance(store, EnrollmentStore):
-            store = EnrollmentStore(store, model_identity=model.identity, embedding_dim=model.embedding_dim)
+            store = self._open_store() if self._path.exists() else None
         elif store.model_identity != model.identity:
             raise ModelMismatchError(f"{store.path}: enrolled with model {store.model_identity[:12]}, "
                                      f"not with this model ({model.identity[:12]})")
-        self.store = store
+        self._store = store
+
+    @property
+    def store(self) -> EnrollmentStore:
+        """The enrolment store; StoreNotFoundError while the file does not exist (enrolment creates it)."""
+        if self._store is None:
+            raise missing_store(self._path)
+        return self._store
+
+    def _open_store(self) -> EnrollmentStore:
+        return EnrollmentStore(self._path, model_identity=self.model.identity, embedding_dim=self.model.embedding_dim)
+
+    def _store_to_write(self) -> EnrollmentStore:
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store
 
     @property
     def dev_error_rates(self) -> tuple[float, float] | None:
@@ -160,14 +177,16 @@ class Verifier:
         if not items:
             raise ConfigError(f"no utterances given to enrol {name!r}; pass at least one audio file")
         embeddings = self._embed(items, sample_rate)
-        return self.store.add(name, embeddings, [_source(item, i) for i, item in enumerate(items)], replace=replace)
+        return self._store_to_write().add(name, embeddings, [_source(item, i) for i, item in enumerate(items)],
+                                          replace=replace)
 
     def enroll_cohort(self, utterances: Any, sample_rate: int | None = None) -> int:
         """Replace the score-normalisation cohort (utterances of speakers who are not enrolled)."""
         items = _as_list(utterances)
         if not items:
             raise ConfigError("no cohort utterances given")
-        self.store.set_cohort(self._embed(items, sample_rate), [_source(item, i) for i, item in enumerate(items)])
+        self._store_to_write().set_cohort(self._embed(items, sample_rate),
+                                          [_source(item, i) for i, item in enumerate(items)])
         return len(items)
 
     def remove(self, name: str) -> None:
