@@ -85,10 +85,12 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run(app, **options)
         return 0
     from speakertrip.extraction import load_model
+    from speakertrip.verification.store import EnrollmentStore
     from speakertrip.verification.verifier import Verifier
 
-    verifier = Verifier(load_model(settings.model, settings.device), store=settings.store,
-                        threshold=settings.threshold, norm=settings.norm)  # the store's model check, once
+    model = load_model(settings.model, settings.device)
+    store = EnrollmentStore(settings.store, model.identity, model.embedding_dim)  # a service may start empty
+    verifier = Verifier(model, store=store, threshold=settings.threshold, norm=settings.norm)  # the model check
     _announce(verifier.model.identity, verifier.threshold, len(verifier.store), settings, args.workers)
     verifier.store.close()
     os.environ[service_app.SETTINGS_VARIABLE] = settings.to_json()
