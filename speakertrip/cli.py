@@ -19,6 +19,7 @@ COMMANDS: tuple[str, ...] = (
     "prepare",
     "score", "metrics", "calibrate",
     "convert",
+    "import_model",
     "train", "average",
     "embed", "verifier", "export",
     "demo",

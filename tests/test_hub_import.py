@@ -161,3 +161,99 @@ def test_import_matches_speechbrain_encode_batch(tmp_path, kind, embedding_norm)
     reference = speechbrain_embeddings(folder, waves, lengths, embedding_norm)
     torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
     assert (ours - plain).abs().max() > (1e-2 if embedding_norm else -1)  # the folded mean_var_norm_emb counts
+
+
+def hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """The huggingface_hub cache layout (models--owner--name/{refs/main, snapshots/<commit>/...}) holding ``folder``."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    return cache
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """huggingface_hub offline, its cache in tmp_path: nothing can be downloaded, cached files are found."""
+    constants = pytest.importorskip("huggingface_hub.constants")
+    cache = tmp_path / "hf_cache"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_hub_id_loads_from_the_hub_cache(tmp_path, offline_hub, monkeypatch):
+    folder = make_speechbrain_folder(tmp_path / "hub", "ecapa")
+    hub_cache(offline_hub, "speechbrain/spkrec-ecapa-voxceleb", folder)
+    monkeypatch.chdir(tmp_path)  # no folder called speechbrain/ here: the string is a hub id
+    model = st.load_model("speechbrain/spkrec-ecapa-voxceleb")
+    assert isinstance(model, st.EmbeddingModel)
+    wave = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    expected = speechbrain_embeddings(folder, torch.from_numpy(wave)[None], torch.tensor([16000]), False)[0]
+    np.testing.assert_allclose(model.embed(wave, sample_rate=16000), expected.numpy(), atol=1e-4)
+    # the same through the command line, into an artifact that loads like any other
+    assert main(["import", "speechbrain/spkrec-ecapa-voxceleb", "--out", str(tmp_path / "imported")]) == 0
+    imported = st.load_model(tmp_path / "imported")
+    assert imported.identity == model.identity
+    record = (tmp_path / "imported" / "imported_from.yaml").read_text()
+    assert "source: speechbrain/spkrec-ecapa-voxceleb" in record and "embedding_model.ckpt:" in record
+    # a local folder in the hub layout works without any hub, for load_model and import alike
+    assert st.load_model(folder).identity == model.identity
+
+
+def test_hub_id_offline_and_not_cached_says_what_to_fetch(tmp_path, offline_hub, capsys):
+    with pytest.raises(SpeakertripError, match=r"speechbrain/spkrec-xvect-voxceleb: hyperparams.yaml is not in the "
+                       r"hub cache.*fetch hyperparams.yaml, embedding_model.ckpt from "
+                       r"https://huggingface.co/speechbrain/spkrec-xvect-voxceleb/tree/main into a folder"):
+        st.load_model("speechbrain/spkrec-xvect-voxceleb")
+    assert main(["import", "speechbrain/spkrec-xvect-voxceleb", "--out", str(tmp_path / "m")]) == 2
+    assert "speakertrip import FOLDER --out MODEL" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_clear_errors(tmp_path):
+    folder = make_speechbrain_folder(tmp_path / "hub", "xvector")
+    hparams = (folder / "hyperparams.yaml").read_text()
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "embedding_model.ckpt").unlink()
+    with pytest.raises(SpeakertripError, match=r"broken: missing embedding_model.ckpt"):
+        import_speechbrain(broken)
+    with pytest.raises(SpeakertripError, match=r"hub: missing mean_var_norm_emb.ckpt"):
+        (folder / "mean_var_norm_emb.ckpt").rename(tmp_path / "aside.ckpt")
+        import_speechbrain(folder, embedding_norm=True)
+    with pytest.raises(SpeakertripError, match=r"nowhere: no such folder"):
+        import_speechbrain(tmp_path / "nowhere")
+
+    def rewritten(old: str, new: str) -> Path:
+        (broken / "embedding_model.ckpt").write_bytes((folder / "embedding_model.ckpt").read_bytes())
+        (broken / "hyperparams.yaml").write_text(hparams.replace(old, new))
+        return broken
+
+    with pytest.raises(FormatError, match=r"embedding_model: unsupported model type "
+                                          r"'speechbrain.lobes.models.ResNet.ResNet'; speakertrip imports"):
+        import_speechbrain(rewritten("Xvector.Xvector", "ResNet.ResNet"))
+    with pytest.raises(FormatError, match=r"tdnn_dilations=\[1, 2, 4, 1, 1\] is not supported"):
+        import_speechbrain(rewritten("tdnn_dilations: [1, 2, 3, 1, 1]", "tdnn_dilations: [1, 2, 4, 1, 1]"))
+    with pytest.raises(FormatError, match=r"compute_features: deltas=True is not supported"):
+        import_speechbrain(rewritten("n_mels: !ref <n_mels>", "n_mels: !ref <n_mels>\n    deltas: True"))
+    with pytest.raises(FormatError, match=r"mean_var_norm: only per-sentence mean normalisation"):
+        import_speechbrain(rewritten("norm_type: sentence", "norm_type: global"))
+    with pytest.raises(FormatError, match=r"declares lin_neurons=64 but embedding_model.ckpt holds 32"):
+        import_speechbrain(rewritten("    lin_neurons: 32\n\nclassifier", "    lin_neurons: 64\n\nclassifier"))
+    with pytest.raises(SpeakertripError, match=r"embedding_model.ckpt: the checkpoint expects 24 mel bins, the "
+                                               r"feature config has 40"):
+        import_speechbrain(rewritten("n_mels: 24", "n_mels: 40"))
+    # a hyperparams file that asks for code is refused before anything is built
+    marker = tmp_path / "ran"
+    for payload in (f"!apply:pathlib.Path.touch ['{marker}']",
+                    f"!!python/object/apply:pathlib.Path.touch ['{marker}']"):
+        with pytest.raises(FormatError, match=r"hyperparams.yaml: line 1: tag .* refused \(speakertrip reads a "
+                                              r"hyperparams file as data and never runs its code\)"):
+            import_speechbrain(rewritten("# ####", f"side_effect: {payload}\n# ####"))
+    assert not marker.exists()
+    (broken / "embedding_model.ckpt").write_bytes(pickle.dumps({"x": object()}))
+    (broken / "hyperparams.yaml").write_text(hparams)
+    with pytest.raises(FormatError, match=r"embedding_model.ckpt: not a state dict loadable with weights_only=True"):
+        import_speechbrain(broken)

@@ -18,6 +18,7 @@ Hub ids are fetched with ``huggingface_hub`` into its cache (``pip install 'spea
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,12 @@ from speakertrip.features import FeatureConfig
 from speakertrip.models.artifact import Network, load_speechbrain_checkpoint
 from speakertrip.models.embedding_model import EmbeddingNetwork
 from speakertrip.models.safe_hyperparams import Tagged, read_hyperparams, resolve
+from speakertrip.plain_yaml import write_yaml
 
 HYPERPARAMS_FILE = "hyperparams.yaml"
 EMBEDDING_FILE = "embedding_model.ckpt"
 EMBEDDING_NORM_FILE = "mean_var_norm_emb.ckpt"
+IMPORT_RECORD = "imported_from.yaml"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 HUB_URL = "https://huggingface.co"
 
@@ -188,6 +191,22 @@ def required_files(embedding_norm: bool = False) -> tuple[str, ...]:
     return (HYPERPARAMS_FILE, EMBEDDING_FILE) + ((EMBEDDING_NORM_FILE,) if embedding_norm else ())
 
 
+def speechbrain_folder(source: str | Path, embedding_norm: bool = False,
+                       cache_dir: str | Path | None = None) -> Path:
+    """The local folder of ``source`` (fetched into the hub cache for a hub id), checked for the files it needs."""
+    folder = Path(fetch_from_hub(str(source), required_files(embedding_norm), cache_dir)
+                  if is_hub_id(source) else source)
+    if not folder.is_dir():
+        raise SpeakertripError(f"{folder}: no such folder (expected a SpeechBrain model folder with "
+                               f"{' and '.join(required_files(embedding_norm))}, or a hub id like "
+                               "speechbrain/spkrec-ecapa-voxceleb)")
+    missing = [name for name in required_files(embedding_norm) if not (folder / name).is_file()]
+    if missing:
+        raise SpeakertripError(f"{folder}: missing {', '.join(missing)} (a SpeechBrain model folder holds "
+                               f"{', '.join(required_files(True))}; fetch them from the model's hub page)")
+    return folder
+
+
 def import_speechbrain(source: str | Path, embedding_norm: bool = False, cache_dir: str | Path | None = None,
                        network_class: type[Network] = EmbeddingNetwork) -> Network:
     """A SpeechBrain speaker model (hub id, or a folder in the hub's layout) as a speakertrip network, in eval mode.
@@ -199,16 +218,7 @@ def import_speechbrain(source: str | Path, embedding_norm: bool = False, cache_d
         SpeechBrain's own verification (``verify_batch``) does not
     cache_dir : the huggingface_hub cache for hub ids (default: its own, ``HF_HUB_CACHE``)
     """
-    folder = Path(fetch_from_hub(str(source), required_files(embedding_norm), cache_dir)
-                  if is_hub_id(source) else source)
-    if not folder.is_dir():
-        raise SpeakertripError(f"{folder}: no such folder (expected a SpeechBrain model folder with "
-                               f"{' and '.join(required_files(embedding_norm))}, or a hub id like "
-                               "speechbrain/spkrec-ecapa-voxceleb)")
-    missing = [name for name in required_files(embedding_norm) if not (folder / name).is_file()]
-    if missing:
-        raise SpeakertripError(f"{folder}: missing {', '.join(missing)} (a SpeechBrain model folder holds "
-                               f"{', '.join(required_files(True))}; fetch them from the model's hub page)")
+    folder = speechbrain_folder(source, embedding_norm, cache_dir)
     hparams_path = folder / HYPERPARAMS_FILE
     spec = describe_speechbrain(read_hyperparams(hparams_path.read_text(encoding="utf-8"), hparams_path),
                                 hparams_path)
@@ -217,6 +227,19 @@ def import_speechbrain(source: str | Path, embedding_norm: bool = False, cache_d
     if embedding_norm:
         _fold_embedding_norm(model, spec, folder / EMBEDDING_NORM_FILE)
     return model.eval()
+
+
+def import_to_artifact(source: str | Path, out: str | Path, embedding_norm: bool = False,
+                       cache_dir: str | Path | None = None) -> tuple[EmbeddingNetwork, Path]:
+    """Import ``source`` and save it as a speakertrip artifact in ``out``, with ``imported_from.yaml``
+    (the source and the SHA-256 of each file read); returns the model and ``out``."""
+    folder = speechbrain_folder(source, embedding_norm, cache_dir)
+    model = import_speechbrain(folder, embedding_norm)
+    out = model.save(out)
+    files = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in required_files(embedding_norm)}
+    write_yaml({"source": str(source), "folder": str(folder.resolve()), "embedding_norm": embedding_norm,
+                "sha256": files}, out / IMPORT_RECORD)
+    return model, out
 
 
 def fetch_from_hub(repo_id: str, files: tuple[str, ...], cache_dir: str | Path | None = None) -> Path:
