@@ -20,7 +20,7 @@ COMMANDS: tuple[str, ...] = (
     "score", "metrics", "calibrate",
     "convert",
     "import_model",
-    "train", "average",
+    "train", "finetune", "average",
     "embed", "verifier", "export",
     "demo",
 )
