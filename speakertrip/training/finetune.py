@@ -105,8 +105,8 @@ def prepare_finetune_data(data: str | Path, out: Path, config: FinetuneConfig,
 
 
 def train_config(model: nn.Module, data: dict[str, Path], initial: Path, out: Path, config: FinetuneConfig,
-                 train_speakers: int) -> TrainConfig:
-    """The trainer's config for fine-tuning ``model`` (an ``EmbeddingNetwork``) as ``config`` says.
+                 speakers: int) -> TrainConfig:
+    """The trainer's config for fine-tuning ``model`` (an ``EmbeddingNetwork``) on ``speakers`` speakers.
 
     An "epoch" is ``validate_every`` steps: the trainer validates, snapshots and checkpoints at each.
     """
@@ -116,7 +116,7 @@ def train_config(model: nn.Module, data: dict[str, Path], initial: Path, out: Pa
                         batches_per_epoch=config.validate_every),
         features=model.feature_config,
         model=ModelConfig(encoder=model.encoder_name, options=dict(model.encoder_options), init_from=str(initial)),
-        loss=LossConfig(kind="multi_positive", p=min(config.speakers_per_batch, train_speakers),
+        loss=LossConfig(kind="multi_positive", p=min(config.speakers_per_batch, speakers),
                         k=config.utterances_per_speaker,
                         options={"margin": config.margin, "hardest_negatives": config.hardest_negatives}),
         optim=OptimConfig(name="adamw", lr=config.lr, weight_decay=config.weight_decay),
@@ -235,7 +235,7 @@ def finetune(model: str | Path, data: str | Path, out: str | Path, config: Finet
         start.to(device)
         before = validate(start, dev_utts, paths["dev_trials"], device=device)["eer"]
         start.to("cpu")
-        train = train_config(start, paths, initial, out, config, len(speakers) - source_speakers)
+        train = train_config(start, paths, initial, out, config, len(speakers))
         trainer = FinetuneTrainer(train, config, distributed, device, resume)
         trainer.run()
     finally:
