@@ -203,8 +203,8 @@ def test_hub_id_loads_from_the_hub_cache(tmp_path, offline_hub, monkeypatch):
 
 
 def test_hub_id_offline_and_not_cached_says_what_to_fetch(tmp_path, offline_hub, capsys):
-    with pytest.raises(SpeakertripError, match=r"speechbrain/spkrec-xvect-voxceleb: hyperparams.yaml is not in the "
-                       r"hub cache.*fetch hyperparams.yaml, embedding_model.ckpt from "
+    with pytest.raises(SpeakertripError, match=r"speechbrain/spkrec-xvect-voxceleb: no such folder; as a hub id: "
+                       r"hyperparams.yaml is not in the hub cache.*fetch hyperparams.yaml, embedding_model.ckpt from "
                        r"https://huggingface.co/speechbrain/spkrec-xvect-voxceleb/tree/main into a folder"):
         st.load_model("speechbrain/spkrec-xvect-voxceleb")
     assert main(["import", "speechbrain/spkrec-xvect-voxceleb", "--out", str(tmp_path / "m")]) == 2

@@ -78,9 +78,8 @@ def is_hub_id(source: str | Path) -> bool:
     return isinstance(source, str) and HUB_ID.match(source) is not None and not Path(source).exists()
 
 
-def _module(hparams: dict[str, Any], key: str, target: str | tuple[str, ...], path: Path) -> dict[str, Any]:
-    """The resolved arguments of ``key: !new:<target>``; FormatError when it is something else."""
-    targets = (target,) if isinstance(target, str) else target
+def _module(hparams: dict[str, Any], key: str, targets: tuple[str, ...], path: Path) -> tuple[str, dict[str, Any]]:
+    """``(target, resolved keyword arguments)`` of ``key: !new:<target>``; FormatError for anything else."""
     value = resolve(hparams.get(key), hparams)
     if not isinstance(value, Tagged) or value.kind != "new":
         raise FormatError(f"key {key!r} must be '!new:{targets[0]}' (a SpeechBrain speaker-verification "
@@ -90,7 +89,7 @@ def _module(hparams: dict[str, Any], key: str, target: str | tuple[str, ...], pa
                           f"{', '.join(targets)}", path)
     if not isinstance(value.value, dict):
         raise FormatError(f"{key}: expected keyword arguments, got {value.value!r}", path)
-    return dict(value.value)
+    return value.target, dict(value.value)
 
 
 def _settings(given: dict[str, Any], defaults: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
@@ -106,12 +105,13 @@ def _unsupported(key: str, name: str, value: Any, expected: Any, path: Path) -> 
 
 def describe_speechbrain(hparams: dict[str, Any], path: Path) -> SpeechBrainSpec:
     """Check ``hparams`` against what speakertrip can reproduce exactly; FormatError names the key."""
-    fbank = _settings(_module(hparams, "compute_features", FBANK, path), FBANK_DEFAULTS, "compute_features", path)
+    fbank = _settings(_module(hparams, "compute_features", (FBANK,), path)[1], FBANK_DEFAULTS, "compute_features",
+                      path)
     for name, expected in FBANK_FIXED.items():
         if fbank[name] != expected:
             raise _unsupported("compute_features", name, fbank[name], expected, path)
-    norm = _settings(_module(hparams, "mean_var_norm", INPUT_NORMALIZATION, path), NORM_DEFAULTS, "mean_var_norm",
-                     path)
+    norm = _settings(_module(hparams, "mean_var_norm", (INPUT_NORMALIZATION,), path)[1], NORM_DEFAULTS,
+                     "mean_var_norm", path)
     if norm["norm_type"] != "sentence" or not norm["mean_norm"] or norm["length_dim"] != 1:
         raise FormatError("mean_var_norm: only per-sentence mean normalisation (norm_type: sentence) is supported, "
                           f"not norm_type={norm['norm_type']!r}, mean_norm={norm['mean_norm']!r}", path)
@@ -124,9 +124,7 @@ def describe_speechbrain(hparams: dict[str, Any], path: Path) -> SpeechBrainSpec
             f_min=float(fbank["f_min"]), f_max=float(fbank["f_max"] or rate // 2), var_norm=bool(norm["std_norm"]))
     except (TypeError, ValueError) as error:
         raise FormatError(f"compute_features: {error}", path) from None
-    raw = resolve(hparams.get("embedding_model"), hparams)
-    target = raw.target if isinstance(raw, Tagged) else None
-    settings = _module(hparams, "embedding_model", tuple(ENCODERS), path)
+    target, settings = _module(hparams, "embedding_model", tuple(ENCODERS), path)
     encoder, built_in = ENCODERS[target]
     unknown = sorted(set(settings) - ENCODER_FREE - set(built_in))
     if unknown:
@@ -138,8 +136,8 @@ def describe_speechbrain(hparams: dict[str, Any], path: Path) -> SpeechBrainSpec
             raise _unsupported("embedding_model", name, value, expected, path)
     embedding_norm = None
     if "mean_var_norm_emb" in hparams:
-        embedding_norm = _settings(_module(hparams, "mean_var_norm_emb", INPUT_NORMALIZATION, path), NORM_DEFAULTS,
-                                   "mean_var_norm_emb", path)
+        embedding_norm = _settings(_module(hparams, "mean_var_norm_emb", (INPUT_NORMALIZATION,), path)[1],
+                                   NORM_DEFAULTS, "mean_var_norm_emb", path)
     return SpeechBrainSpec(features, encoder, settings, embedding_norm)
 
 
@@ -260,10 +258,11 @@ def fetch_from_hub(repo_id: str, files: tuple[str, ...], cache_dir: str | Path |
         try:
             paths.append(Path(hf_hub_download(repo, name, revision=revision or None, cache_dir=cache_dir)))
         except LocalEntryNotFoundError:
-            raise SpeakertripError(f"{repo}: {name} is not in the hub cache and the hub cannot be reached "
-                                   f"(offline?); {where}") from None
+            raise SpeakertripError(f"{repo}: no such folder; as a hub id: {name} is not in the hub cache and the "
+                                   f"hub cannot be reached (offline?); {where}") from None
         except RepositoryNotFoundError:
-            raise SpeakertripError(f"{repo}: no such repository on the hub (or it is private/gated)") from None
+            raise SpeakertripError(f"{repo}: no such folder, nor a repository on the hub (or it is private/gated)") \
+                from None
         except EntryNotFoundError:
             raise SpeakertripError(f"{repo}: the repository has no {name}; is it a SpeechBrain speaker model?") \
                 from None
