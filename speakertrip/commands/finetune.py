@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--utterances-per-speaker", type=int, default=defaults.utterances_per_speaker,
                         help=f"K (default {defaults.utterances_per_speaker})")
     parser.add_argument("--crop-seconds", type=float, default=defaults.crop_seconds)
+    parser.add_argument("--margin", type=float, default=defaults.margin,
+                        help=f"triplet margin on squared distances (default {defaults.margin})")
     parser.add_argument("--freeze-layers", type=int, default=defaults.freeze_layers,
                         help="keep the first N frame-level encoder layers as they are (default 0)")
     parser.add_argument("--source", help="manifest of source-domain data to mix in against forgetting")
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = FinetuneConfig(
         steps=args.steps, lr=args.lr, warmup=args.warmup, speakers_per_batch=args.speakers_per_batch,
-        utterances_per_speaker=args.utterances_per_speaker, crop_seconds=args.crop_seconds,
+        utterances_per_speaker=args.utterances_per_speaker, crop_seconds=args.crop_seconds, margin=args.margin,
         freeze_layers=args.freeze_layers, dev_speakers=args.dev_speakers, source=args.source,
         source_speakers=args.source_speakers, validate_every=args.validate_every, patience=args.patience,
         average_last=args.average_last, seed=args.seed, device=args.device, workers=args.workers,

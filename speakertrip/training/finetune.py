@@ -86,9 +86,9 @@ def _source_utterances(path: str, count: int, seed: int) -> list[Utterance]:
 def prepare_finetune_data(data: str | Path, out: Path, config: FinetuneConfig,
                           dev: str | Path | None = None) -> dict[str, Path]:
     """Write ``out/{train,dev}.jsonl`` and ``out/dev_trials.txt``; returns their paths by name."""
-    utterances = read_utterances(data, out, "data")
+    utterances = read_utterances(data, out, "corpus")
     if dev is not None:
-        dev_set = read_utterances(dev, out, "dev")
+        dev_set = read_utterances(dev, out, "dev_corpus")
         held_out = {u.spk_id for u in dev_set}
         train = [u for u in utterances if u.spk_id not in held_out]  # a dev speaker never trains
     else:
@@ -163,7 +163,7 @@ def freeze_layers(encoder: nn.Module, count: int) -> int:
 
 class FinetuneTrainer(Trainer):
     """The trainer, plus frozen early layers, a stop when the dev EER has not improved for ``patience``
-    validations, and an average of the snapshots up to the best validation."""
+    validations (an equal EER counts as improved), and an average of the snapshots up to the best validation."""
 
     def __init__(self, train: TrainConfig, options: FinetuneConfig, *args: Any, **kwargs: Any):
         super().__init__(train, *args, **kwargs)
@@ -177,6 +177,10 @@ class FinetuneTrainer(Trainer):
 
     def validate(self) -> None:
         super().validate()
+        if self.dist.is_main and self.dev is not None:  # a tie counts as progress: a small dev set saturates
+            last = next(r for r in reversed(self.log.read()) if r.get("kind") == "validation")
+            if last["step"] == self.step and last["eer"] <= self.best.get("eer", float("inf")):
+                self.best = {"eer": last["eer"], "step": self.step}
         self.stop_if_stale()
 
     def load(self, path: Path) -> None:
