@@ -19,7 +19,8 @@ COMMANDS: tuple[str, ...] = (
     "prepare",
     "score", "metrics", "calibrate",
     "convert",
-    "train", "average",
+    "import_model",
+    "train", "finetune", "average",
     "embed", "verifier", "serve", "export",
     "demo",
 )

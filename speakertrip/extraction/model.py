@@ -10,9 +10,10 @@ import torch
 
 from speakertrip.extraction.batched import embed_many, embed_one
 from speakertrip.features import FeatureConfig
-from speakertrip.models.artifact import load_network
+from speakertrip.models.artifact import CONFIG_FILE, load_network
 from speakertrip.models.artifact import load_speechbrain_checkpoint as _load_speechbrain
 from speakertrip.models.embedding_model import EmbeddingNetwork
+from speakertrip.models.speechbrain_hub import HYPERPARAMS_FILE, import_speechbrain, is_hub_id
 
 
 class EmbeddingModel(EmbeddingNetwork):
@@ -32,15 +33,20 @@ class EmbeddingModel(EmbeddingNetwork):
         return embed_many(self, items, **options)
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu") -> EmbeddingModel:
-    """Read a model artifact (``config.yaml`` + ``model.safetensors``); returns the model in eval mode.
+def load_model(source: str | Path, device: str | torch.device = "cpu") -> EmbeddingModel:
+    """A model in eval mode from a speakertrip artifact folder (``config.yaml`` + ``model.safetensors``),
+    a SpeechBrain hub id (``"speechbrain/spkrec-ecapa-voxceleb"``, fetched into the huggingface_hub cache)
+    or a folder in a SpeechBrain hub repository's layout (see :func:`speakertrip.models.import_speechbrain`).
 
     >>> from speakertrip.testing import tiny_model_artifact
     >>> model = load_model(tiny_model_artifact())
     >>> model.embedding_dim, model.threshold
     (192, 0.5)
+    >>> model = load_model("speechbrain/spkrec-ecapa-voxceleb")  # doctest: +SKIP
     """
-    return load_network(directory, device, EmbeddingModel)
+    if is_hub_id(source) or (Path(source) / HYPERPARAMS_FILE).is_file() and not (Path(source) / CONFIG_FILE).exists():
+        return import_speechbrain(source, network_class=EmbeddingModel).to(device)
+    return load_network(source, device, EmbeddingModel)
 
 
 def load_speechbrain_checkpoint(path: str | Path, feature_config: FeatureConfig | None = None,

@@ -17,6 +17,7 @@ from speakertrip.models.artifact import (
 )
 from speakertrip.models.embedding_model import EmbeddingNetwork
 from speakertrip.models.encoder import ENCODERS, build_encoder
+from speakertrip.models.speechbrain_hub import import_speechbrain, import_to_artifact
 
-__all__ = ["ENCODERS", "EmbeddingNetwork", "build_encoder", "initialise", "load_network",
+__all__ = ["ENCODERS", "EmbeddingNetwork", "build_encoder", "import_speechbrain", "import_to_artifact", "initialise", "load_network",
            "load_speechbrain_checkpoint", "model_from_config", "save_model"]

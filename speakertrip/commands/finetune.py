@@ -1,0 +1,80 @@
+"""`speakertrip finetune --model M --data DIR_OR_MANIFEST --out DIR`: adapt a model to your own speakers.
+
+M is any model `st.load_model` reads (an artifact, a SpeechBrain hub id or hub-layout folder). Some
+speakers of DATA are held out as a dev set (or give --dev); the model is fine-tuned head-free with the
+multi-positive triplet loss, stops when the dev EER stops improving, and the average of the last
+snapshots up to the best one is saved in DIR/model with its dev EER and thresholds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from speakertrip.training.finetune_config import FinetuneConfig
+
+    defaults = FinetuneConfig()
+    parser = subparsers.add_parser(
+        "finetune", help="fine-tune a model on your own speakers (head-free triplet loss)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example: speakertrip finetune --model speechbrain/spkrec-ecapa-voxceleb --data my_speakers/ "
+               "--out exp/finetuned")
+    parser.add_argument("--model", required=True, help="artifact folder, hub id or SpeechBrain hub-layout folder")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="VoxCeleb-layout folder (<root>/idNNNNN/<video>/<utt>.wav) or a JSONL manifest")
+    parser.add_argument("--out", required=True, type=Path, help="experiment folder (the model lands in OUT/model)")
+    parser.add_argument("--dev", type=Path, help="dev set (folder or manifest); default: hold out --dev-speakers")
+    parser.add_argument("--dev-speakers", type=float, default=defaults.dev_speakers,
+                        help=f"speakers held out for dev: a count, or a fraction below 1 (default {defaults.dev_speakers})")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"at most this many steps (default {defaults.steps})")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup,
+                        help=f"warm-up steps, or a fraction of --steps below 1 (default {defaults.warmup})")
+    parser.add_argument("--speakers-per-batch", type=int, default=defaults.speakers_per_batch,
+                        help=f"P (default {defaults.speakers_per_batch}, at most the training speakers)")
+    parser.add_argument("--utterances-per-speaker", type=int, default=defaults.utterances_per_speaker,
+                        help=f"K (default {defaults.utterances_per_speaker})")
+    parser.add_argument("--crop-seconds", type=float, default=defaults.crop_seconds)
+    parser.add_argument("--margin", type=float, default=defaults.margin,
+                        help=f"triplet margin on squared distances (default {defaults.margin})")
+    parser.add_argument("--freeze-layers", type=int, default=defaults.freeze_layers,
+                        help="keep the first N frame-level encoder layers as they are (default 0)")
+    parser.add_argument("--source", help="manifest of source-domain data to mix in against forgetting")
+    parser.add_argument("--source-speakers", type=int, help="source speakers mixed in (default: as many as yours)")
+    parser.add_argument("--validate-every", type=int, default=defaults.validate_every,
+                        help=f"steps between dev validations and snapshots (default {defaults.validate_every})")
+    parser.add_argument("--patience", type=int, default=defaults.patience,
+                        help=f"stop after this many validations without a better dev EER (default {defaults.patience})")
+    parser.add_argument("--average-last", type=int, default=defaults.average_last,
+                        help=f"snapshots up to the best one averaged into the model (default {defaults.average_last})")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="data loader processes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from speakertrip.training.finetune import finetune
+    from speakertrip.training.finetune_config import FinetuneConfig
+
+    config = FinetuneConfig(
+        steps=args.steps, lr=args.lr, warmup=args.warmup, speakers_per_batch=args.speakers_per_batch,
+        utterances_per_speaker=args.utterances_per_speaker, crop_seconds=args.crop_seconds, margin=args.margin,
+        freeze_layers=args.freeze_layers, dev_speakers=args.dev_speakers, source=args.source,
+        source_speakers=args.source_speakers, validate_every=args.validate_every, patience=args.patience,
+        average_last=args.average_last, seed=args.seed, device=args.device, workers=args.workers,
+        progress=not args.no_progress)
+    result = finetune(args.model, args.data, args.out, config, dev=args.dev, resume=args.resume)
+    rows = [("speakers", f"{result.train_speakers} fine-tuning, {result.dev_speakers} dev"
+                         + (f", {result.source_speakers} source-domain mixed in" if result.source_speakers else "")),
+            ("steps", f"{result.steps} (best dev EER at step {result.best_step})"),
+            ("dev EER before", f"{100 * result.eer_before:.2f} %"),
+            ("dev EER after", f"{100 * result.eer_after:.2f} %"),
+            ("model", str(result.model_dir))]
+    width = max(len(name) for name, _ in rows)
+    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+    return 0

@@ -1,0 +1,252 @@
+"""Fine-tuning a model on a few tens of your own speakers: head-free, with the multi-positive triplet loss.
+
+A triplet loss has no classifier head, so a pretrained encoder (your own artifact, a SpeechBrain
+hub model) is fine-tuned as it is from the first step. :func:`finetune`:
+
+1. loads the model (any ``st.load_model`` source) and saves it as ``<out>/initial_model``;
+2. reads the data (a VoxCeleb-layout folder or a manifest), holds out dev speakers (or takes a dev
+   set), writes ``<out>/data/{train,dev}.jsonl`` and ``dev_trials.txt`` (every target pair, sampled
+   non-target pairs); optionally mixes in source-domain speakers (``source``) against forgetting;
+3. trains with the regular trainer (``init_from`` the initial model, a low learning rate, a short
+   warm-up, optionally the first encoder layers frozen), validating every ``validate_every`` steps
+   and stopping when the dev EER has not improved for ``patience`` validations;
+4. averages the last snapshots up to the best validation into ``<out>/model`` (its dev EER and
+   thresholds recorded in the artifact) and reports the dev EER before and after.
+
+Resumable like ``speakertrip train``: ``resume=True`` continues from ``<out>/checkpoints/last.pt``.
+
+>>> result = finetune("exp/model", "my_speakers/", "exp/finetuned")   # doctest: +SKIP
+>>> result.eer_before, result.eer_after                              # doctest: +SKIP
+(0.112, 0.041)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from speakertrip.data.manifest import Utterance, read_manifest, write_manifest
+from speakertrip.data.split import hold_out_speakers, make_trials, write_trials
+from speakertrip.errors import ConfigError, SpeakertripError
+from speakertrip.training.averaging import SNAPSHOT_PATTERN, list_snapshots
+from speakertrip.training.finetune_config import FinetuneConfig
+from speakertrip.training.config import (DataConfig, LoopConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig,
+                                         TrainConfig)
+from speakertrip.training.trainer import Trainer
+
+SOURCE_PREFIX = "source:"  # speaker and utterance ids of mixed-in source-domain data
+SUMMARY_FILE = "finetune.json"
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` did: the artifact, dev EER (fractions) before and after, the split."""
+
+    exp_dir: Path
+    model_dir: Path
+    eer_before: float
+    eer_after: float
+    best_step: int
+    steps: int
+    train_speakers: int
+    dev_speakers: int
+    source_speakers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: str(value) if isinstance(value, Path) else value for key, value in dataclasses.asdict(self).items()}
+
+
+def read_utterances(source: str | Path, workdir: Path, name: str) -> list[Utterance]:
+    """A manifest file, or a VoxCeleb-layout folder (prepared into ``workdir/name``)."""
+    source = Path(source)
+    if source.is_dir():
+        from speakertrip.corpora.voxceleb import prepare_voxceleb
+
+        return read_manifest(prepare_voxceleb(source, workdir / name, progress=False)["utts"])
+    if source.is_file():
+        return read_manifest(source)
+    raise SpeakertripError(f"{source}: no such folder or manifest (give a VoxCeleb-layout folder "
+                           "<root>/idNNNNN/<video>/<utt>.wav or a JSONL manifest from `speakertrip prepare`)")
+
+
+def _source_utterances(path: str, count: int, seed: int) -> list[Utterance]:
+    utterances = read_manifest(path)
+    speakers = sorted({u.spk_id for u in utterances})
+    chosen = set(np.random.default_rng(seed + 1).permutation(speakers)[:count].tolist())
+    return [dataclasses.replace(u, utt_id=SOURCE_PREFIX + u.utt_id, spk_id=SOURCE_PREFIX + u.spk_id)
+            for u in utterances if u.spk_id in chosen]
+
+
+def prepare_finetune_data(data: str | Path, out: Path, config: FinetuneConfig,
+                          dev: str | Path | None = None) -> dict[str, Path]:
+    """Write ``out/{train,dev}.jsonl`` and ``out/dev_trials.txt``; returns their paths by name."""
+    utterances = read_utterances(data, out, "corpus")
+    if dev is not None:
+        dev_set = read_utterances(dev, out, "dev_corpus")
+        held_out = {u.spk_id for u in dev_set}
+        train = [u for u in utterances if u.spk_id not in held_out]  # a dev speaker never trains
+    else:
+        train, dev_set = hold_out_speakers(utterances, config.dev_speakers, config.seed)
+    train_speakers = len({u.spk_id for u in train})
+    if train_speakers < 2:
+        raise ConfigError(f"{data}: {train_speakers} training speaker(s) left after holding out the dev set; "
+                          "a triplet needs at least 2")
+    if config.source:
+        train += _source_utterances(config.source, config.source_speakers or train_speakers, config.seed)
+    return {"train": write_manifest(train, out / "train.jsonl"), "dev": write_manifest(dev_set, out / "dev.jsonl"),
+            "dev_trials": write_trials(make_trials(dev_set, config.max_dev_trials, config.seed),
+                                       out / "dev_trials.txt")}
+
+
+def train_config(model: nn.Module, data: dict[str, Path], initial: Path, out: Path, config: FinetuneConfig,
+                 speakers: int) -> TrainConfig:
+    """The trainer's config for fine-tuning ``model`` (an ``EmbeddingNetwork``) on ``speakers`` speakers.
+
+    An "epoch" is ``validate_every`` steps: the trainer validates, snapshots and checkpoints at each.
+    """
+    return TrainConfig(
+        data=DataConfig(train=str(data["train"]), dev=str(data["dev"]), dev_trials=str(data["dev_trials"]),
+                        crop_seconds=config.crop_seconds, workers=config.workers,
+                        batches_per_epoch=config.validate_every),
+        features=model.feature_config,
+        model=ModelConfig(encoder=model.encoder_name, options=dict(model.encoder_options), init_from=str(initial)),
+        loss=LossConfig(kind="multi_positive", p=min(config.speakers_per_batch, speakers),
+                        k=config.utterances_per_speaker,
+                        options={"margin": config.margin, "hardest_negatives": config.hardest_negatives}),
+        optim=OptimConfig(name="adamw", lr=config.lr, weight_decay=config.weight_decay),
+        schedule=ScheduleConfig(kind="cosine", warmup_steps=config.warmup, min_lr=config.min_lr),
+        train=LoopConfig(exp_dir=str(out), epochs=1, steps=config.steps, seed=config.seed, device=config.device,
+                         validate_every=0, checkpoint_every=0, average_last=config.average_last + config.patience,
+                         progress=config.progress, log_every=min(10, config.validate_every)))
+
+
+def frame_layers(encoder: nn.Module) -> list[nn.Module]:
+    """The encoder's frame-level layers in order (before pooling): ECAPA's blocks, the x-vector's TDNN layers."""
+    from speechbrain.nnet.CNN import Conv1d
+
+    if hasattr(encoder, "mfa"):  # ECAPA-TDNN: TDNN block, 3 SE-Res2Net blocks, then the MFA layer
+        return [*encoder.blocks, encoder.mfa]
+    layers: list[nn.ModuleList] = []
+    for block in encoder.blocks:  # x-vector: (conv, activation, batch norm) per layer, then pooling
+        if isinstance(block, Conv1d):
+            layers.append(nn.ModuleList())
+        elif not layers:
+            break
+        if not block.__class__.__name__.endswith("Pooling"):
+            layers[-1].append(block)
+        else:
+            break
+    return list(layers)
+
+
+def freeze_layers(encoder: nn.Module, count: int) -> int:
+    """Freeze the first ``count`` frame-level layers (weights and BatchNorm statistics); returns the parameters frozen."""
+    layers = frame_layers(encoder)
+    if count > len(layers):
+        raise ConfigError(f"freeze_layers={count}, but the encoder has {len(layers)} frame-level layers")
+    frozen = 0
+    for layer in layers[:count]:
+        for parameter in layer.parameters():
+            parameter.requires_grad_(False)
+            frozen += parameter.numel()
+        for module in layer.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = 0.0  # running statistics stay those of the pretrained model
+    return frozen
+
+
+class FinetuneTrainer(Trainer):
+    """The trainer, plus frozen early layers, a stop when the dev EER has not improved for ``patience``
+    validations (an equal EER counts as improved), and an average of the snapshots up to the best validation."""
+
+    def __init__(self, train: TrainConfig, options: FinetuneConfig, *args: Any, **kwargs: Any):
+        super().__init__(train, *args, **kwargs)
+        self.options = options
+        freeze_layers(self.model.encoder, options.freeze_layers)
+
+    def stop_if_stale(self) -> None:
+        best = self.best.get("step")
+        if best is not None and self.step - best >= self.options.patience * self.options.validate_every:
+            self.total_steps = self.step  # the loop ends here; finish() averages up to the best step
+
+    def validate(self) -> None:
+        super().validate()
+        if self.dist.is_main and self.dev is not None:  # a tie counts as progress: a small dev set saturates
+            last = next(r for r in reversed(self.log.read()) if r.get("kind") == "validation")
+            if last["step"] == self.step and last["eer"] <= self.best.get("eer", float("inf")):
+                self.best = {"eer": last["eer"], "step": self.step}
+        self.stop_if_stale()
+
+    def load(self, path: Path) -> None:
+        super().load(path)
+        self.stop_if_stale()
+
+    def finish(self, seconds: float) -> Path:
+        if self.dist.is_main and self.best:
+            snapshots = list_snapshots(self.checkpoints)
+            step = lambda path: int(SNAPSHOT_PATTERN.search(path.name).group(1))  # noqa: E731
+            keep = [path for path in snapshots if step(path) <= self.best["step"]][-self.options.average_last:]
+            for path in snapshots:
+                if path not in keep:
+                    path.unlink()
+        return super().finish(seconds)
+
+
+def finetune(model: str | Path, data: str | Path, out: str | Path, config: FinetuneConfig | None = None,
+             dev: str | Path | None = None, resume: bool = False) -> FinetuneResult:
+    """Fine-tune ``model`` on the speakers of ``data`` into ``<out>/model``; see the module docstring.
+
+    Parameters
+    ----------
+    model : an artifact folder, a SpeechBrain hub id or hub-layout folder (anything ``st.load_model`` reads)
+    data : a VoxCeleb-layout folder or a manifest of your speakers
+    out : the experiment folder (``initial_model/``, ``data/``, ``checkpoints/``, ``model/``, ``finetune.json``)
+    dev : a separate dev set (folder or manifest); by default ``config.dev_speakers`` speakers are held out
+    resume : continue the run in ``out``
+    """
+    from speakertrip.extraction import load_model
+    from speakertrip.training.distributed import cleanup_distributed, setup_distributed
+    from speakertrip.training.validation import validate
+
+    config = config or FinetuneConfig()
+    out = Path(out)
+    initial, data_dir = out / "initial_model", out / "data"
+    if resume:
+        if not (initial / "config.yaml").is_file() or not (data_dir / "dev_trials.txt").is_file():
+            raise ConfigError(f"--resume: {out} holds no fine-tuning run (initial_model/ and data/ are missing)")
+        start = load_model(initial)
+        paths = {name: data_dir / file for name, file in
+                 (("train", "train.jsonl"), ("dev", "dev.jsonl"), ("dev_trials", "dev_trials.txt"))}
+    else:
+        if (out / "checkpoints" / "last.pt").is_file():
+            raise ConfigError(f"{out} already holds a run (checkpoints/last.pt): pass --resume to continue it, "
+                              "or choose another --out")
+        start = load_model(model)
+        paths = prepare_finetune_data(data, data_dir, config, dev)
+        start.save(initial)
+    train_utts = read_manifest(paths["train"])
+    speakers = {u.spk_id for u in train_utts}
+    source_speakers = sum(spk.startswith(SOURCE_PREFIX) for spk in speakers)
+    dev_utts = read_manifest(paths["dev"])
+    distributed, device = setup_distributed(config.device)
+    try:
+        start.to(device)
+        before = validate(start, dev_utts, paths["dev_trials"], device=device)["eer"]
+        start.to("cpu")
+        train = train_config(start, paths, initial, out, config, len(speakers))
+        trainer = FinetuneTrainer(train, config, distributed, device, resume)
+        trainer.run()
+    finally:
+        cleanup_distributed()
+    after = load_model(out / "model").evaluation
+    result = FinetuneResult(out, out / "model", before, float(after.get("eer", float("nan"))),
+                            int(trainer.best.get("step", trainer.step)), trainer.step,
+                            len(speakers) - source_speakers, len({u.spk_id for u in dev_utts}), source_speakers)
+    (out / SUMMARY_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result

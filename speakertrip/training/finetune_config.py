@@ -1,0 +1,48 @@
+"""The options of ``speakertrip finetune`` (no torch import: the command line reads the defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from speakertrip.errors import ConfigError
+
+
+@dataclass
+class FinetuneConfig:
+    """Defaults for tens of speakers: 300 steps at a peak LR of 5e-4 (a quarter of training from scratch),
+    5 % warm-up, P=16 speakers × K=4 crops of 2 s, validation every 50 steps, patience 3, average of 3.
+
+    ``dev_speakers``: speakers held out for dev when no dev set is given (a count, or a fraction below 1).
+    ``freeze_layers``: the first N frame-level layers of the encoder keep their weights (and BatchNorm
+    statistics). ``source``: a manifest of source-domain data (e.g. what the model was trained on);
+    ``source_speakers`` of its speakers (default: as many as the training speakers) join the training set.
+    """
+
+    steps: int = 300
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    warmup: float = 0.05
+    weight_decay: float = 1e-4
+    speakers_per_batch: int = 16
+    utterances_per_speaker: int = 4
+    crop_seconds: float = 2.0
+    margin: float = 0.3
+    hardest_negatives: int = 4
+    freeze_layers: int = 0
+    dev_speakers: float = 0.2
+    max_dev_trials: int = 20000
+    source: str | None = None
+    source_speakers: int | None = None
+    validate_every: int = 50
+    patience: int = 3
+    average_last: int = 3
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.validate_every < 1 or self.patience < 1 or self.average_last < 1:
+            raise ConfigError("steps, validate_every, patience and average_last must be >= 1")
+        if not self.lr > 0 or self.dev_speakers <= 0 or self.freeze_layers < 0:
+            raise ConfigError("lr and dev_speakers must be positive, freeze_layers >= 0")

@@ -1,0 +1,103 @@
+"""`speakertrip finetune` end to end on the test corpus: split, dev EER before/after, resume, frozen layers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import speakertrip as st
+from speakertrip.cli import main
+from speakertrip.data.manifest import read_manifest
+from speakertrip.errors import ConfigError
+from speakertrip.testing import make_voxceleb_tree, tiny_model_artifact
+from speakertrip.training.finetune import finetune, frame_layers, freeze_layers
+from speakertrip.training.finetune_config import FinetuneConfig
+
+FAST = ["--steps", "6", "--validate-every", "2", "--patience", "5", "--speakers-per-batch", "4",
+        "--utterances-per-speaker", "2", "--crop-seconds", "0.5", "--workers", "0", "--no-progress",
+        "--device", "cpu", "--dev-speakers", "2"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("finetune")
+    return make_voxceleb_tree(root / "corpus", num_speakers=6, sessions=2, utterances_per_session=2,
+                              duration=(0.6, 1.0), trial_list=False), tiny_model_artifact(root / "model")
+
+
+def test_finetune_end_to_end_and_resume(corpus, tmp_path, capsys):
+    data, model = corpus
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(out), *FAST,
+                 "--steps", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 fine-tuning, 2 dev" in printed and "dev EER before" in printed and "dev EER after" in printed
+    summary = json.loads((out / "finetune.json").read_text())
+    train, dev = read_manifest(out / "data" / "train.jsonl"), read_manifest(out / "data" / "dev.jsonl")
+    assert not {u.spk_id for u in train} & {u.spk_id for u in dev}  # dev speakers never train
+    assert len({u.spk_id for u in dev}) == 2 and len(train) + len(dev) == 24
+    tuned = st.load_model(out / "model")
+    assert tuned.evaluation["eer"] == pytest.approx(summary["eer_after"]) and tuned.threshold is not None
+    initial = st.load_model(model)
+    assert initial.identity == st.load_model(out / "initial_model").identity != tuned.identity
+    assert summary["steps"] == 4 and summary["eer_before"] == pytest.approx(
+        _dev_eer(initial, out), abs=1e-9)
+    # resume to more steps: it continues from step 4, not from scratch
+    with pytest.raises(ConfigError, match=r"already holds a run .*--resume"):
+        finetune(model, data, out, FinetuneConfig(steps=6))
+    with pytest.warns(UserWarning, match=r"changed config: train.steps"):  # 4 → 6 steps
+        assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(out), *FAST,
+                     "--resume"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r.get("kind") == "validation"]
+    assert steps == [2, 4, 6]
+    assert json.loads((out / "finetune.json").read_text())["steps"] == 6
+
+
+def _dev_eer(model, out) -> float:
+    from speakertrip.training.validation import validate
+
+    return validate(model, read_manifest(out / "data" / "dev.jsonl"), out / "data" / "dev_trials.txt")["eer"]
+
+
+def test_finetune_stops_on_dev_eer_and_mixes_source(corpus, tmp_path):
+    data, model = corpus
+    source = make_voxceleb_tree(tmp_path / "source", num_speakers=3, seed=7, duration=(0.6, 1.0), trial_list=False)
+    main(["prepare", "voxceleb", "--root", str(source), "--out", str(tmp_path / "source_data")])
+    config = FinetuneConfig(steps=40, validate_every=2, patience=1, speakers_per_batch=4, utterances_per_speaker=2,
+                            crop_seconds=0.5, workers=0, progress=False, device="cpu", dev_speakers=2,
+                            source=str(tmp_path / "source_data" / "utts.jsonl"), source_speakers=2, lr=1e-2,
+                            freeze_layers=2)
+    result = finetune(model, data, tmp_path / "ft", config)
+    assert result.source_speakers == 2 and result.train_speakers == 4
+    assert result.steps < 40 and result.steps - result.best_step == 2  # one validation without improvement
+    train = read_manifest(tmp_path / "ft" / "data" / "train.jsonl")
+    assert sum(u.spk_id.startswith("source:") for u in {u.spk_id: u for u in train}.values()) == 2
+    # the frozen layers kept their weights; the later ones moved
+    initial, tuned = st.load_model(model), st.load_model(tmp_path / "ft" / "model")
+    layers = list(zip(frame_layers(initial.encoder), frame_layers(tuned.encoder)))
+    for index, (before, after) in enumerate(layers):
+        change = max((a.float() - b.float()).abs().max().item() for key, (a, b) in
+                     zip(before.state_dict(), zip(before.state_dict().values(), after.state_dict().values()))
+                     if not key.endswith("num_batches_tracked"))
+        assert change < 1e-6 if index < 2 else change > 1e-4, (index, change)
+
+
+def test_freeze_layers_and_bad_options(corpus, tmp_path):
+    _, model = corpus
+    network = st.load_model(model)
+    assert len(frame_layers(network.encoder)) == 5
+    with pytest.raises(ConfigError, match=r"freeze_layers=6, but the encoder has 5 frame-level layers"):
+        freeze_layers(network.encoder, 6)
+    tdnn = st.load_model(tiny_model_artifact(tmp_path / "tdnn", encoder="tdnn"))
+    assert len(frame_layers(tdnn.encoder)) == 5
+    assert freeze_layers(tdnn.encoder, 1) == sum(p.numel() for p in frame_layers(tdnn.encoder)[0].parameters())
+    with pytest.raises(ConfigError, match=r"steps, validate_every"):
+        FinetuneConfig(steps=0)
+    few = make_voxceleb_tree(tmp_path / "few", num_speakers=3, trial_list=False)
+    assert main(["finetune", "--model", str(model), "--data", str(few), "--out", str(tmp_path / "x"),
+                 "--dev-speakers", "2"]) == 2
+    assert main(["finetune", "--model", str(model), "--data", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "y")]) == 2
