@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import speakertrip as st
 from speakertrip.cli import main
