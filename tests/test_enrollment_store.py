@@ -167,3 +167,21 @@ def test_two_processes_enrolling_at_once_lose_nothing(tmp_path):
         mean = embeddings.mean(axis=0)
         np.testing.assert_allclose(store.centroid("shared"), mean / np.linalg.norm(mean), atol=1e-6)
         assert [s.num_utterances for s in store.speakers() if s.name == "shared"] == [2 * rounds]
+
+
+def _create_and_enrol(path, name, barrier):
+    barrier.wait()  # every process finds the store missing and creates it at the same moment
+    EnrollmentStore(path, "m1", 4).add(name, np.eye(4, dtype=np.float32)[:2], ["a.wav", "b.wav"])
+
+
+def test_processes_creating_one_new_store_at_once_all_enrol(tmp_path):
+    context = multiprocessing.get_context("fork")
+    for trial in range(3):
+        path, barrier = tmp_path / f"s{trial}.db", context.Barrier(6)
+        jobs = [context.Process(target=_create_and_enrol, args=(path, f"speaker{i}", barrier)) for i in range(6)]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join(60)
+        assert [job.exitcode for job in jobs] == [0] * 6
+        assert len(EnrollmentStore(path)) == 6

@@ -23,6 +23,7 @@ import datetime
 import difflib
 import os
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -140,7 +141,7 @@ class EnrollmentStore:
             if not tables:  # a new (or empty) file; another process may be creating it too: all idempotent
                 if model_identity is None or embedding_dim is None or self.read_only:
                     raise KeyNotFoundError(f"{self.path}: empty enrolment store; enrol a speaker first")
-                self._db.execute("PRAGMA journal_mode = WAL")
+                self._enable_wal(timeout)
                 with self._transaction():
                     for statement in _SCHEMA.split(";")[:-1]:
                         self._db.execute(statement)
@@ -166,6 +167,19 @@ class EnrollmentStore:
         if embedding_dim is not None and embedding_dim != self.embedding_dim:
             raise ModelMismatchError(f"{self.path}: store holds {self.embedding_dim}-d embeddings, "
                                      f"the model makes {embedding_dim}-d ones")
+
+    def _enable_wal(self, timeout: float) -> None:
+        """Switch a new store to WAL. Two processes creating one store at once can both find it empty; the
+        switch needs the file to themselves and SQLite answers "locked" at once instead of waiting, so retry."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self)
