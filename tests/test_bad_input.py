@@ -183,10 +183,10 @@ def edited_artifact(enrolled, tmp_path, edit) -> Path:
     (lambda c: c["evaluation"].update(eer_threshold=math.nan), "key 'evaluation.eer_threshold' must be a finite "
                                                                "number, got nan"),
     (lambda c: c["evaluation"].update(eer_threshold="abc"), "key 'evaluation.eer_threshold' must be a finite number"),
-    (lambda c: c["features"].update(n_mels="forty"), "key 'features.n_mels' must be int, got 'forty'"),
+    (lambda c: c["features"].update(n_mels="forty"), "key 'features.n_mels' must be int, got str 'forty'"),
     (lambda c: c.update(colour="blue"), "unknown key(s) 'colour'; valid keys: format, version"),
     (lambda c: c["encoder"].update(colour="blue"), "unknown key(s) 'encoder.colour'; valid keys under encoder"),
-    (lambda c: c["features"].update(n_melz=40), "unknown key(s) 'features.n_melz'"),
+    (lambda c: c["features"].update(n_melz=40), "unknown key(s) features.n_melz; valid keys in features"),
     (lambda c: c.update(embedding_dim=7), "key 'embedding_dim' is 7, but the encoder it describes makes 192-d"),
     (lambda c: c.update(embedding_dim="192"), "key 'embedding_dim' must be an int"),
     (lambda c: c.update(evaluation=[1]), "key 'evaluation' must be a mapping"),

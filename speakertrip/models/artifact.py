@@ -6,7 +6,6 @@ Loading never runs code from a file: YAML is read with ``safe_load``, weights wi
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import typing
 from pathlib import Path
@@ -107,20 +106,19 @@ def check_config(config: Any, source: str | Path = "config") -> None:
         raise FormatError("key 'encoder.name' is missing or not a string", source)
     if not isinstance(encoder.get("options") or {}, Mapping):
         raise FormatError(f"key 'encoder.options' must be a mapping, got {encoder['options']!r}", source)
-    _check_keys(config["features"], [field.name for field in dataclasses.fields(FeatureConfig)], "features.", source)
-    hints = typing.get_type_hints(FeatureConfig)
-    for key, value in config["features"].items():
-        if not _is_instance(value, hints[key]):
-            raise FormatError(f"key 'features.{key}' must be {_describe(hints[key])}, got {value!r}", source)
+    try:  # keys and types through the one option checker
+        FeatureConfig.from_dict(config["features"], str(source))
+    except ConfigError as error:
+        raise FormatError(str(error).removeprefix(f"{source}: "), source) from None
     dim = config.get("embedding_dim")
-    if dim is not None and not _is_instance(dim, int):
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
         raise FormatError(f"key 'embedding_dim' must be an int, got {dim!r}", source)
     evaluation = config.get("evaluation")
     if evaluation is not None and not isinstance(evaluation, Mapping):
         raise FormatError(f"key 'evaluation' must be a mapping, got {evaluation!r}", source)
     for key, value in (evaluation or {}).items():
         if (key in ("eer", "min_cllr", "cllr") or str(key).startswith("min_dcf") or str(key).endswith("threshold")) \
-                and not (_is_instance(value, float) and math.isfinite(value)):
+                and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
             raise FormatError(f"key 'evaluation.{key}' must be a finite number, got {value!r}", source)
 
 
@@ -129,27 +127,6 @@ def _check_keys(values: Mapping[str, Any], valid: typing.Sequence[str], prefix: 
     if unknown:
         raise FormatError(f"unknown key(s) {', '.join(repr(prefix + key) for key in unknown)}; valid keys"
                           f"{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}", source)
-
-
-def _is_instance(value: Any, kind: Any) -> bool:
-    """Does ``value`` fit the annotation ``kind`` (int, float (ints too), bool, str, or ``X | None``)?"""
-    arguments = typing.get_args(kind)
-    if arguments:
-        return any(_is_instance(value, argument) for argument in arguments)
-    if kind is type(None):
-        return value is None
-    if isinstance(value, bool):
-        return kind is bool
-    if kind is float:
-        return isinstance(value, (int, float))
-    return isinstance(value, kind)
-
-
-def _describe(kind: Any) -> str:
-    arguments = typing.get_args(kind)
-    if arguments:
-        return " or ".join(_describe(argument) for argument in arguments)
-    return "null" if kind is type(None) else getattr(kind, "__name__", str(kind))
 
 
 def declared_shapes(config: Mapping[str, Any], source: str | Path) -> tuple[dict[str, tuple[int, ...]], int]:
