@@ -124,10 +124,12 @@ def test_enrolment_map_errors(tmp_path):
     with pytest.raises(FormatError, match=r"bad.map:2: expected 'ENROLL_ID KEY \[KEY ...\]'"):
         read_enrolment_map(path)
     path.write_text("\n\n")
-    with pytest.raises(FormatError, match=r"bad.map: the enrolment map is empty"):
+    with pytest.raises(FormatError, match=r"bad.map: empty enrolment map"):
         read_enrolment_map(path)
     path.write_text("e1 a.wav\ne1 b.wav\n")  # Kaldi's utt2spk-like repeated ids add files
     assert read_enrolment_map(path) == {"e1": ["a.wav", "b.wav"]}
+    path.write_text("\ufeffe1 a.wav\n", encoding="utf-8")  # a byte-order mark, as Windows editors write
+    assert read_enrolment_map(path) == {"e1": ["a.wav"]}
 
 
 def test_score_enroll_map_equals_a_store_holding_the_means(tmp_path, capsys):

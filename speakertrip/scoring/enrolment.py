@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from speakertrip.data.text_rows import TextRows
 from speakertrip.errors import ConfigError, FormatError, KeyNotFoundError
 from speakertrip.extraction.store import EmbeddingStore
 from speakertrip.scoring.cosine import l2_normalize
@@ -87,19 +88,12 @@ def speaker_scores(embeddings: np.ndarray, speakers: np.ndarray, tests: np.ndarr
 
 def read_enrolment_map(path: str | os.PathLike) -> dict[str, list[str]]:
     """``{enroll_id: [key, ...]}`` from ``ENROLL_ID KEY [KEY ...]`` lines; a repeated id adds keys."""
-    if not os.path.isfile(path):
-        raise FormatError("no such enrolment map", path)
+    rows = TextRows(path, "enrolment map")
     enrolments: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) < 2:
-                raise FormatError("expected 'ENROLL_ID KEY [KEY ...]'", path, line_no, line)
-            enrolments.setdefault(fields[0], []).extend(fields[1:])
-    if not enrolments:
-        raise FormatError("the enrolment map is empty", path)
+    for index, fields in enumerate(rows.rows):
+        if len(fields) < 2:
+            raise rows.error(index, "expected 'ENROLL_ID KEY [KEY ...]'")
+        enrolments.setdefault(fields[0], []).extend(fields[1:])
     return enrolments
 
 
