@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from speakertrip.audio import audio_info
 from speakertrip.data.manifest import read_manifest
 from speakertrip.errors import SpeakertripError
-from speakertrip.extraction.batched import embed_many
+from speakertrip.extraction.batched import embed_many, item_duration
 from speakertrip.extraction.store import EmbeddingStore, load_store, save_store
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
@@ -69,6 +68,5 @@ def embed_corpus(model: nn.Module, data: str | Path, out: str | Path, **options:
         dist.destroy_process_group()
     else:
         save_store(EmbeddingStore(keys, embeddings), out)
-    audio = sum(item.duration if hasattr(item, "duration") else audio_info(item).duration
-                for item in (items[i] for i in mine))
+    audio = sum(item_duration(items[i], None) for i in mine)
     return len(keys), len(mine), audio
