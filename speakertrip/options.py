@@ -29,6 +29,8 @@ def describe(kind: Any) -> str:
     """An annotation as people read it: ``int or None``."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         return " or ".join(describe(argument) for argument in typing.get_args(kind))
+    if typing.get_origin(kind) is typing.Literal:
+        return " or ".join(map(repr, typing.get_args(kind)))
     return "None" if kind is type(None) else getattr(kind, "__name__", str(kind))
 
 

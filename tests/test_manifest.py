@@ -29,6 +29,22 @@ def test_build_write_read_round_trip(tree, tmp_path):
     assert read_manifest(path) == utterances
 
 
+def test_written_rows_are_what_json_dumps_writes(tmp_path):
+    """The hand-rolled row writer against json.dumps on random ids: quotes, escapes, control and non-ASCII text."""
+    import numpy as np
+
+    from speakertrip.data.manifest import Utterance
+
+    rng = np.random.default_rng(0)
+    alphabet = list('ab/"\\\n\t\x00\x1f\x7fé中\u2028\U0001f600 .-_') + ["id10001", "wav"]
+    text = lambda: "".join(rng.choice(alphabet, rng.integers(1, 12)))  # noqa: E731
+    utterances = [Utterance(text(), text(), text(), float(rng.uniform(1e-4, 1e4)), int(rng.integers(1, 96000)),
+                            int(rng.integers(1, 2**40))) for _ in range(500)]
+    path = write_manifest(utterances, tmp_path / "utts.jsonl")
+    expected = "".join(json.dumps(vars(u), ensure_ascii=False) + "\n" for u in utterances)
+    assert path.read_text(encoding="utf-8") == expected
+
+
 def test_relative_paths_resolve_against_the_manifest_folder(tree, tmp_path):
     row = {"utt_id": "a", "spk_id": "s", "path": "wav/x.wav", "duration": 1.5, "sample_rate": 16000}
     (tmp_path / "utts.jsonl").write_text(json.dumps(row) + "\n\n")

@@ -96,14 +96,14 @@ def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | P
     >>> sorted(paths)
     ['test', 'train', 'utts', 'veri_test2']
     """
-    root, out = Path(root), Path(out)
+    root, out = Path(os.path.abspath(root)), Path(out)  # walked paths are then absolute already
     if not root.is_dir():
         raise SpeakertripError(f"{root}: no such corpus folder")
     found, found_trials, m4a = find_voxceleb_files(root, progress)
     if not found:
         hint = f"; it holds {m4a} .m4a files: convert them first with `speakertrip convert`" if m4a else ""
         raise SpeakertripError(f"{root}: no audio in the VoxCeleb layout (idNNNNN/<video>/<utt>.wav){hint}")
-    entries = [(utt_id, utt_id.split("/")[0], os.path.abspath(path)) for utt_id, path in found]
+    entries = [(utt_id, utt_id.partition("/")[0], path) for utt_id, path in found]
     headers = HeaderCache(out / "headers.tsv", root=root)
     utterances, dropped = build_utterances(entries, skip_bad=skip_bad, workers=workers, deep=deep, progress=progress,
                                            headers=headers)

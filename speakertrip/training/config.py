@@ -98,7 +98,8 @@ class ScheduleConfig:
 class LoopConfig:
     """The loop: length (``epochs``, or ``steps`` when set), precision, checkpoints, validation, output.
 
-    ``amp``: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` or ``off``. ``validate_every`` steps
+    ``amp``: ``auto`` (bf16 on CUDA, fp32 on CPU), ``bf16`` or ``off``. ``compile``: ``torch.compile`` the
+    encoder; ``auto`` on CUDA only (inductor's first compile on a CPU takes minutes). ``validate_every`` steps
     (0: at the end of each epoch). ``checkpoint_every`` steps (0: each epoch end only).
     ``average_last``: epoch checkpoints averaged into the final model. A step with a non-finite loss
     or gradient changes no weight and is logged; ``max_bad_steps`` of them in a row stop the run.
@@ -115,7 +116,7 @@ class LoopConfig:
     validate_every: int = 0
     checkpoint_every: int = 0
     average_last: int = 3
-    compile: bool = False
+    compile: bool | Literal["auto"] = False
     progress: bool = True
     max_bad_steps: int = 10
 

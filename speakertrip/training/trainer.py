@@ -154,7 +154,8 @@ class Trainer:
         self.module = TrainingModule(self.model, criterion, group_size=config.loss.k).to(device)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels once
-        if loop.compile:  # in place, so that state-dict keys (checkpoints, snapshots) stay the same
+        self.compiled = loop.compile is True or (loop.compile == "auto" and device.type == "cuda")
+        if self.compiled:  # in place, so that state-dict keys (checkpoints, snapshots) stay the same
             self.model.encoder.compile()
         self.wrapped: nn.Module = self.module
         if distributed.enabled:
@@ -380,7 +381,7 @@ class Trainer:
             return
         from speakertrip.training.validation import validate
 
-        stance = torch.compiler.set_stance("force_eager") if self.config.train.compile else contextlib.nullcontext()
+        stance = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
         with stance:
             metrics = validate(self.model, self.dev, self.config.data.dev_trials, device=self.device,
                                rank=self.dist.rank, world_size=self.dist.world_size)
