@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -28,6 +29,12 @@ def test_build_write_read_round_trip(tree, tmp_path):
     path = write_manifest(utterances, tmp_path / "m" / "utts.jsonl")
     assert read_manifest(path) == utterances
 
+
+def test_paths_relative_to_the_manifest_folder_read_back_as_the_files(tree, tmp_path):
+    absolute, _ = build_utterances(entries_of(tree), progress=False)
+    relative, _ = build_utterances(entries_of(tree), progress=False, relative_to=tmp_path / "m")
+    assert all(not Path(u.path).is_absolute() and u.path.startswith("..") for u in relative)
+    assert read_manifest(write_manifest(relative, tmp_path / "m" / "utts.jsonl")) == absolute
 
 def test_written_rows_are_what_json_dumps_writes(tmp_path):
     """The hand-rolled row writer against json.dumps on random ids: quotes, escapes, control and non-ASCII text."""

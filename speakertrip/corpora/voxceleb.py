@@ -106,12 +106,8 @@ def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | P
     entries = [(utt_id, utt_id.partition("/")[0], path) for utt_id, path in found]
     headers = HeaderCache(out / "headers.tsv", root=root)
     utterances, dropped = build_utterances(entries, skip_bad=skip_bad, workers=workers, deep=deep, progress=progress,
-                                           headers=headers)
+                                           headers=headers, relative_to=os.path.abspath(out))  # movable together
     headers.save()
-    # paths relative to the manifests' folder (every path starts with the root: it comes from walking it)
-    prefix, under = os.path.relpath(os.path.abspath(root), os.path.abspath(out)), len(os.path.abspath(root)) + 1
-    utterances = [Utterance(u.utt_id, u.spk_id, os.path.join(prefix, u.path[under:]), u.duration, u.sample_rate,
-                            u.num_frames) for u in utterances]
     paths = {"utts": write_manifest(utterances, out / "utts.jsonl")}
     known, dropped_ids = {u.utt_id for u in utterances}, {utt_id for utt_id, _ in dropped}
     held_out: set[str] = set()

@@ -121,8 +121,12 @@ def _manifest_line(u: Utterance) -> str:
 
 def build_utterances(entries: Sequence[tuple[str, str, str | Path]], skip_bad: bool = False, workers: int = 8,
                      deep: bool = False, min_duration: float = 0.0, progress: bool = True,
-                     headers: HeaderCache | None = None) -> tuple[list[Utterance], list[tuple[str, str]]]:
+                     headers: HeaderCache | None = None, relative_to: str | Path | None = None,
+                     ) -> tuple[list[Utterance], list[tuple[str, str]]]:
     """Read headers of ``(utt_id, spk_id, path)`` entries in parallel and make utterances.
+
+    ``relative_to``: the utterances' paths are written relative to this folder (a manifest's own
+    folder: :func:`read_manifest` resolves them against it).
 
     ``headers`` reuses the cached header of every file whose size and mtime are unchanged (float
     files excepted: they are read again).
@@ -141,11 +145,20 @@ def build_utterances(entries: Sequence[tuple[str, str, str | Path]], skip_bad: b
             seen[utt_id] = path
             unique.append((utt_id, spk_id, str(path)))
 
+    relative_folders: dict[str, str] = {}  # folder → the same folder relative to ``relative_to`` (one relpath each)
+
+    def relative(path: str) -> str:
+        folder, name = os.path.split(path)
+        if folder not in relative_folders:
+            relative_folders[folder] = os.path.relpath(folder, relative_to)
+        return os.path.join(relative_folders[folder], name)
+
     def make(entry: tuple[str, str, str], info: AudioInfo) -> Utterance | tuple[str, str]:
         utt_id, spk_id, path = entry
         if info.frames == 0 or info.duration < min_duration:
             return utt_id, f"{path}: {info.duration:.3f} s is shorter than the minimum {min_duration:g} s"
-        return Utterance(utt_id, spk_id, path, info.duration, info.sample_rate, info.frames)
+        return Utterance(utt_id, spk_id, path if relative_to is None else relative(path), info.duration,
+                         info.sample_rate, info.frames)
 
     def inspect(entry: tuple[str, str, str]) -> Utterance | tuple[str, str]:
         utt_id, _, path = entry
