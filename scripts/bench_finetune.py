@@ -12,7 +12,7 @@ In one run:
 
 Targets: real-voice EER after <= 0.6 x before; eSpeak held-out EER after <= 1.1 x before.
 
-    nice python scripts/bench_finetune.py --steps 150 --workdir /tmp/bench_finetune
+    nice python scripts/bench_finetune.py --workdir /tmp/bench_finetune
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="*", default=[6, 13, 26],
                         help="fine-tuning speaker counts for the curve (fold 1's voices evaluated)")
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--finetune-args", default="", help="extra `speakertrip finetune` options, quoted")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()

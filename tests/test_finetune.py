@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import speakertrip as st
 from speakertrip.cli import main
@@ -100,3 +101,29 @@ def test_freeze_layers_and_bad_options(corpus, tmp_path):
                  "--dev-speakers", "2"]) == 2
     assert main(["finetune", "--model", str(model), "--data", str(tmp_path / "missing"),
                  "--out", str(tmp_path / "y")]) == 2
+
+
+def test_source_statistics_are_those_of_the_source_crops(corpus, tmp_path):
+    """--source-statistics: the saved model is the averaged snapshots with BatchNorm statistics re-estimated on
+    crops of the source manifest (recomputed here), weights untouched; without --source it is refused."""
+    from speakertrip.training.averaging import average_snapshots, list_snapshots
+    from speakertrip.training.batchnorm import reestimate_batchnorm
+    from speakertrip.training.config import load_config
+
+    data, model = corpus
+    source = make_voxceleb_tree(tmp_path / "source", num_speakers=3, seed=7, duration=(0.6, 1.0), trial_list=False)
+    main(["prepare", "voxceleb", "--root", str(source), "--out", str(tmp_path / "source_data")])
+    manifest = tmp_path / "source_data" / "utts.jsonl"
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(out), *FAST,
+                 "--source", str(manifest), "--source-statistics"]) == 0
+    config = load_config(out / "config.yaml")
+    expected, _ = average_snapshots(config, list_snapshots(out / "checkpoints"))
+    averaged_weights = {name: value.clone() for name, value in expected.named_parameters()}
+    reestimate_batchnorm(expected, read_manifest(manifest), config.data.crop_seconds, config.features.sample_rate)
+    tuned = st.load_model(out / "model")
+    assert tuned.evaluation["batchnorm_crops"] == len(read_manifest(manifest))
+    torch.testing.assert_close(tuned.state_dict(), expected.state_dict(), rtol=0, atol=0)
+    assert all(torch.equal(value, averaged_weights[name]) for name, value in tuned.named_parameters())
+    with pytest.raises(ConfigError, match=r"--source-statistics.*--source MANIFEST"):
+        FinetuneConfig(source_statistics=True)

@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="keep the first N frame-level encoder layers as they are (default 0)")
     parser.add_argument("--source", help="manifest of source-domain data to mix in against forgetting")
     parser.add_argument("--source-speakers", type=int, help="source speakers mixed in (default: as many as yours)")
+    parser.add_argument("--source-statistics", action="store_true",
+                        help="re-estimate the final model's BatchNorm statistics on --source data: it keeps "
+                             "working on its original domain, with less gain on yours")
     parser.add_argument("--validate-every", type=int, default=defaults.validate_every,
                         help=f"steps between dev validations and snapshots (default {defaults.validate_every})")
     parser.add_argument("--patience", type=int, default=defaults.patience,
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, lr=args.lr, warmup=args.warmup, speakers_per_batch=args.speakers_per_batch,
         utterances_per_speaker=args.utterances_per_speaker, crop_seconds=args.crop_seconds, margin=args.margin,
         freeze_layers=args.freeze_layers, dev_speakers=args.dev_speakers, source=args.source,
-        source_speakers=args.source_speakers, validate_every=args.validate_every, patience=args.patience,
+        source_speakers=args.source_speakers, source_statistics=args.source_statistics,
+        validate_every=args.validate_every, patience=args.patience,
         average_last=args.average_last, seed=args.seed, device=args.device, workers=args.workers,
         progress=not args.no_progress)
     result = finetune(args.model, args.data, args.out, config, dev=args.dev, resume=args.resume)

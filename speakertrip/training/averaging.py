@@ -9,11 +9,13 @@ from typing import Sequence
 
 import torch
 
+from speakertrip.data.manifest import Utterance
 from speakertrip.errors import ConfigError, SpeakertripError
 from speakertrip.models import EmbeddingNetwork
 from speakertrip.models.artifact import check_finite
 from speakertrip.scoring.dev_calibration import KEY as CALIBRATION_KEY
 from speakertrip.scoring.dev_calibration import DevCalibration
+from speakertrip.training.batchnorm import reestimate_batchnorm
 from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint
 from speakertrip.training.config import TrainConfig
 from speakertrip.training.validation import DevScores
@@ -58,8 +60,12 @@ def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple
 
 
 def export_model(config: TrainConfig, paths: Sequence[str | Path], out: str | Path, validate_dev: bool = True,
-                 device: torch.device | str = "cpu", progress: bool = False) -> tuple[Path, dict]:
+                 device: torch.device | str = "cpu", progress: bool = False,
+                 batchnorm_data: Sequence[Utterance] = ()) -> tuple[Path, dict]:
     """Average ``paths``, validate on ``config.data.dev``/``dev_trials`` when given, save to ``out``.
+
+    ``batchnorm_data``: utterances on whose crops the averaged model's BatchNorm statistics are
+    re-estimated before validation (:func:`speakertrip.training.batchnorm.reestimate_batchnorm`).
 
     Validation also fits the calibration to LLRs (plain and duration-aware) and summarises the dev
     score distributions for operating points, under ``evaluation["calibration"]`` (see
@@ -73,10 +79,13 @@ def export_model(config: TrainConfig, paths: Sequence[str | Path], out: str | Pa
     model, steps = average_snapshots(config, paths)
     model.to(device)
     evaluation: dict = {}
+    if batchnorm_data:
+        evaluation["batchnorm_crops"] = reestimate_batchnorm(model, batchnorm_data, config.data.crop_seconds,
+                                                             config.features.sample_rate, device)
     if validate_dev and config.data.dev and config.data.dev_trials:
         items = {utterance.utt_id: utterance for utterance in read_manifest(config.data.dev)}
         dev = score_dev_trials(model, items, config.data.dev_trials, progress=progress)
-        evaluation = dev_metrics(dev)
+        evaluation.update(dev_metrics(dev))
         evaluation["dev_trials"] = str(config.data.dev_trials)
         calibration = calibrate_dev(dev, config.data.dev_trials)
         if calibration is not None:

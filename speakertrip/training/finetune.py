@@ -169,6 +169,8 @@ class FinetuneTrainer(Trainer):
         super().__init__(train, *args, **kwargs)
         self.options = options
         freeze_layers(self.model.encoder, options.freeze_layers)
+        if options.source_statistics:
+            self.batchnorm_data = read_manifest(options.source)
 
     def stop_if_stale(self) -> None:
         best = self.best.get("step")

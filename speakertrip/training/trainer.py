@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from speakertrip.data.manifest import Utterance
 from speakertrip.errors import ConfigError
 from speakertrip.losses.selection import grouped_batch
 from speakertrip.training.averaging import build_model, export_model, list_snapshots, snapshot_path
@@ -166,6 +167,7 @@ class Trainer:
         self.amp_dtype = torch.bfloat16 if loop.amp == "bf16" or (loop.amp == "auto" and device.type == "cuda") \
             else None
 
+        self.batchnorm_data: Sequence[Utterance] = ()  # the final model's BatchNorm statistics come from these
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.total_steps = loop.steps if loop.steps is not None else loop.epochs * self.steps_per_epoch
         if self.total_steps < 1:
@@ -398,7 +400,8 @@ class Trainer:
         if not self.dist.is_main:
             return self.exp_dir
         snapshots = list_snapshots(self.checkpoints)[-max(1, self.config.train.average_last):]
-        model_dir, evaluation = export_model(self.config, snapshots, self.exp_dir / "model", device=self.device)
+        model_dir, evaluation = export_model(self.config, snapshots, self.exp_dir / "model", device=self.device,
+                                             batchnorm_data=self.batchnorm_data)
         records = self.log.read()
         plot_curves(records, self.exp_dir / "curves.png")
         steps = [r for r in records if r.get("kind") == "step"]

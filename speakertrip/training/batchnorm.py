@@ -1,0 +1,44 @@
+"""Re-estimate a model's BatchNorm statistics on other data (``torch.optim.swa_utils.update_bn`` on audio crops).
+
+A speaker encoder's BatchNorm running statistics are part of what it learned about a domain: a model
+fine-tuned on new speakers keeps working on its original domain when its statistics are re-estimated
+there afterwards (``speakertrip finetune --source-statistics``; recipes/finetune/README.md measures it).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from speakertrip.audio.io import read_crop, to_float
+from speakertrip.data.manifest import Utterance
+
+
+def crop_batches(utterances: Sequence[Utterance], crop_seconds: float, sample_rate: int, batch_size: int = 32,
+                 limit: int = 512, seed: int = 0) -> Iterator[torch.Tensor]:
+    """(B, T) float32 batches of one random ``crop_seconds`` crop from each of at most ``limit`` utterances
+    (drawn with ``seed``); a shorter utterance is repeated to the crop length."""
+    rng = np.random.default_rng(seed)
+    chosen = [utterances[index] for index in rng.permutation(len(utterances))[:limit]]
+    length = round(crop_seconds * sample_rate)
+    for first in range(0, len(chosen), batch_size):
+        crops = []
+        for utterance in chosen[first:first + batch_size]:
+            frames = round(utterance.duration * sample_rate)
+            start = int(rng.integers(0, frames - length + 1)) if frames > length else 0
+            crop = to_float(torch.from_numpy(read_crop(utterance.path, start, length, sample_rate)))
+            crops.append(crop.repeat(-(-length // max(1, len(crop))))[:length])
+        yield torch.stack(crops)
+
+
+def reestimate_batchnorm(model: nn.Module, utterances: Sequence[Utterance], crop_seconds: float, sample_rate: int,
+                         device: torch.device | str = "cpu", limit: int = 512, seed: int = 0) -> int:
+    """Replace every BatchNorm layer's running statistics of ``model`` (waveforms → embeddings) by their
+    average over crops of ``utterances``; weights stay as they are. Returns the number of crops used."""
+    batches = list(crop_batches(utterances, crop_seconds, sample_rate, limit=limit, seed=seed))
+    torch.optim.swa_utils.update_bn(batches, model, device=torch.device(device))
+    model.eval()
+    return sum(len(batch) for batch in batches)
