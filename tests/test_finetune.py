@@ -93,7 +93,9 @@ def test_freeze_layers_and_bad_options(corpus, tmp_path):
         freeze_layers(network.encoder, 6)
     tdnn = st.load_model(tiny_model_artifact(tmp_path / "tdnn", encoder="tdnn"))
     assert len(frame_layers(tdnn.encoder)) == 5
-    assert freeze_layers(tdnn.encoder, 1) == sum(p.numel() for p in frame_layers(tdnn.encoder)[0].parameters())
+    frozen, norms = freeze_layers(tdnn.encoder, 1)
+    assert frozen == sum(p.numel() for p in frame_layers(tdnn.encoder)[0].parameters())
+    assert norms and all(norm in list(frame_layers(tdnn.encoder)[0].modules()) for norm in norms)
     with pytest.raises(ConfigError, match=r"steps, validate_every"):
         FinetuneConfig(steps=0)
     few = make_voxceleb_tree(tmp_path / "few", num_speakers=3, trial_list=False)
@@ -127,3 +129,18 @@ def test_source_statistics_are_those_of_the_source_crops(corpus, tmp_path):
     assert all(torch.equal(value, averaged_weights[name]) for name, value in tuned.named_parameters())
     with pytest.raises(ConfigError, match=r"--source-statistics.*--source MANIFEST"):
         FinetuneConfig(source_statistics=True)
+
+
+def test_freeze_statistics_keeps_every_batchnorm_statistic(corpus, tmp_path):
+    """--freeze-statistics: BatchNorm in inference mode while fine-tuning; statistics unchanged, weights trained."""
+    from speakertrip.training.finetune import batch_norms
+
+    data, model = corpus
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(out), *FAST,
+                 "--freeze-statistics", "--lr", "1e-2", "--average-last", "1"]) == 0
+    initial, tuned = st.load_model(model), st.load_model(out / "model")
+    for before, after in zip(batch_norms(initial), batch_norms(tuned)):
+        assert torch.equal(before.running_mean, after.running_mean) and torch.equal(before.running_var,
+                                                                                     after.running_var)
+    assert any(not torch.allclose(a, b) for a, b in zip(initial.parameters(), tuned.parameters()))

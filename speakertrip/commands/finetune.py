@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"triplet margin on squared distances (default {defaults.margin})")
     parser.add_argument("--freeze-layers", type=int, default=defaults.freeze_layers,
                         help="keep the first N frame-level encoder layers as they are (default 0)")
+    parser.add_argument("--freeze-statistics", action="store_true",
+                        help="BatchNorm layers in inference mode while fine-tuning: the pretrained statistics "
+                             "normalise your data too and stay as they are (weights still learn)")
     parser.add_argument("--source", help="manifest of source-domain data to mix in against forgetting")
     parser.add_argument("--source-speakers", type=int, help="source speakers mixed in (default: as many as yours)")
     parser.add_argument("--source-statistics", action="store_true",
@@ -67,11 +70,10 @@ def run(args: argparse.Namespace) -> int:
     config = FinetuneConfig(
         steps=args.steps, lr=args.lr, warmup=args.warmup, speakers_per_batch=args.speakers_per_batch,
         utterances_per_speaker=args.utterances_per_speaker, crop_seconds=args.crop_seconds, margin=args.margin,
-        freeze_layers=args.freeze_layers, dev_speakers=args.dev_speakers, source=args.source,
-        source_speakers=args.source_speakers, source_statistics=args.source_statistics,
-        validate_every=args.validate_every, patience=args.patience,
-        average_last=args.average_last, seed=args.seed, device=args.device, workers=args.workers,
-        progress=not args.no_progress)
+        freeze_layers=args.freeze_layers, freeze_statistics=args.freeze_statistics, dev_speakers=args.dev_speakers,
+        source=args.source, source_speakers=args.source_speakers, source_statistics=args.source_statistics,
+        validate_every=args.validate_every, patience=args.patience, average_last=args.average_last, seed=args.seed,
+        device=args.device, workers=args.workers, progress=not args.no_progress)
     result = finetune(args.model, args.data, args.out, config, dev=args.dev, resume=args.resume)
     rows = [("speakers", f"{result.train_speakers} fine-tuning, {result.dev_speakers} dev"
                          + (f", {result.source_speakers} source-domain mixed in" if result.source_speakers else "")),

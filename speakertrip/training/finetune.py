@@ -145,8 +145,9 @@ def frame_layers(encoder: nn.Module) -> list[nn.Module]:
     return list(layers)
 
 
-def freeze_layers(encoder: nn.Module, count: int) -> int:
-    """Freeze the first ``count`` frame-level layers (weights and BatchNorm statistics); returns the parameters frozen."""
+def freeze_layers(encoder: nn.Module, count: int) -> tuple[int, list[nn.Module]]:
+    """Freeze the weights of the first ``count`` frame-level layers; returns the parameters frozen and the
+    layers' BatchNorm modules (to keep in inference mode: their statistics stay the pretrained model's)."""
     layers = frame_layers(encoder)
     if count > len(layers):
         raise ConfigError(f"freeze_layers={count}, but the encoder has {len(layers)} frame-level layers")
@@ -155,22 +156,31 @@ def freeze_layers(encoder: nn.Module, count: int) -> int:
         for parameter in layer.parameters():
             parameter.requires_grad_(False)
             frozen += parameter.numel()
-        for module in layer.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.momentum = 0.0  # running statistics stay those of the pretrained model
-    return frozen
+    return frozen, [module for layer in layers[:count] for module in batch_norms(layer)]
+
+
+def batch_norms(module: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``module``."""
+    return [child for child in module.modules() if isinstance(child, nn.modules.batchnorm._BatchNorm)]
 
 
 class FinetuneTrainer(Trainer):
-    """The trainer, plus frozen early layers, a stop when the dev EER has not improved for ``patience``
+    """The trainer, plus frozen early layers or BatchNorm statistics, a stop when the dev EER has not improved for ``patience``
     validations (an equal EER counts as improved), and an average of the snapshots up to the best validation."""
 
     def __init__(self, train: TrainConfig, options: FinetuneConfig, *args: Any, **kwargs: Any):
         super().__init__(train, *args, **kwargs)
         self.options = options
-        freeze_layers(self.model.encoder, options.freeze_layers)
+        _, self.fixed_norms = freeze_layers(self.model.encoder, options.freeze_layers)
+        if options.freeze_statistics:
+            self.fixed_norms = batch_norms(self.model)
         if options.source_statistics:
             self.batchnorm_data = read_manifest(options.source)
+
+    def set_train_mode(self) -> None:
+        super().set_train_mode()
+        for norm in self.fixed_norms:  # normalise with the pretrained statistics, and leave them as they are
+            norm.eval()
 
     def stop_if_stale(self) -> None:
         best = self.best.get("step")

@@ -15,7 +15,8 @@ class FinetuneConfig:
 
     ``dev_speakers``: speakers held out for dev when no dev set is given (a count, or a fraction below 1).
     ``freeze_layers``: the first N frame-level layers of the encoder keep their weights (and BatchNorm
-    statistics). ``source``: a manifest of source-domain data (e.g. what the model was trained on);
+    statistics). ``freeze_statistics``: every BatchNorm layer runs in inference mode while fine-tuning (the
+    pretrained statistics normalise your data too, and stay as they are; weights still learn). ``source``: a manifest of source-domain data (e.g. what the model was trained on);
     ``source_speakers`` of its speakers (default: as many as the training speakers) join the training set.
     ``source_statistics``: the final model's BatchNorm statistics are re-estimated on ``source`` data (the
     model keeps working on its original domain; less gain on yours).
@@ -32,6 +33,7 @@ class FinetuneConfig:
     margin: float = 0.3
     hardest_negatives: int = 4
     freeze_layers: int = 0
+    freeze_statistics: bool = False
     dev_speakers: float = 0.2
     max_dev_trials: int = 20000
     source: str | None = None

@@ -294,7 +294,7 @@ class Trainer:
             waveforms, labels = self.augmenter.apply(waveforms, lengths, batch.augment)
         set_learning_rate(self.optimizer, learning_rate(self.step, self.total_steps, self.config.optim.lr,
                                                         self.config.schedule))
-        self.module.train()
+        self.set_train_mode()
         self.guard.save_buffers()
         loss = self.wrapped(waveforms, lengths, labels, self.amp_dtype)
         self.optimizer.zero_grad(set_to_none=True)
@@ -310,6 +310,10 @@ class Trainer:
         self._window.append(record)
         self.step += 1
         self.batch_in_epoch += 1
+
+    def set_train_mode(self) -> None:
+        """Put the model and loss in training mode (before each step: validation leaves them in eval mode)."""
+        self.module.train()
 
     def log_window(self) -> dict[str, str]:
         """Write the means of the steps since the last log (one device sync): the losses' statistics, the
