@@ -40,7 +40,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="*", default=[6, 13, 26],
                         help="fine-tuning speaker counts for the curve (fold 1's voices evaluated)")
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, help="`speakertrip finetune --steps` (default: its own)")
     parser.add_argument("--finetune-args", default="", help="extra `speakertrip finetune` options, quoted")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
@@ -60,7 +60,8 @@ def run_finetune(model: Path, speakers: list[str], by_speaker: dict, workdir: Pa
 
     data = write_manifest([u for speaker in speakers for u in by_speaker[speaker]], workdir / "finetune_data.jsonl")
     command = ["finetune", "--model", str(model), "--data", str(data), "--out", str(workdir / "run"),
-               "--steps", str(args.steps), "--seed", str(args.seed), "--no-progress", *args.finetune_args.split()]
+               *(["--steps", str(args.steps)] if args.steps else []), "--seed", str(args.seed), "--no-progress",
+               *args.finetune_args.split()]
     if str(args.source) != "none":
         command += ["--source", str(args.source)]
     if (workdir / "run" / "model" / "config.yaml").is_file():
@@ -137,9 +138,9 @@ def main() -> None:
     for size, real_eer, espeak_eer in curve:
         print(f"{size:<22}{100 * real_eer:>25.2f}%{100 * espeak_eer:>11.2f}%")
     real_ratio, espeak_ratio = real_after / real_before, espeak_after / espeak_before
-    print(f"\nreal voices never fine-tuned on: EER ratio after/before {real_ratio:.2f} (target <= 0.60: "
+    print(f"\nreal voices never fine-tuned on: EER ratio after/before {real_ratio:.3f} (target <= 0.60: "
           f"{'met' if real_ratio <= 0.6 else 'NOT met'})")
-    print(f"eSpeak held-out (forgetting):    EER ratio after/before {espeak_ratio:.2f} (target <= 1.10: "
+    print(f"eSpeak held-out (forgetting):    EER ratio after/before {espeak_ratio:.3f} (target <= 1.10: "
           f"{'met' if espeak_ratio <= 1.1 else 'NOT met'})")
     print(f"total time {time.perf_counter() - started:.0f} s")
 

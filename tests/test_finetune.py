@@ -138,9 +138,13 @@ def test_freeze_statistics_keeps_every_batchnorm_statistic(corpus, tmp_path):
     data, model = corpus
     out = tmp_path / "ft"
     assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(out), *FAST,
-                 "--freeze-statistics", "--lr", "1e-2", "--average-last", "1"]) == 0
+                 "--lr", "1e-2", "--average-last", "1"]) == 0  # --freeze-statistics is the default
     initial, tuned = st.load_model(model), st.load_model(out / "model")
     for before, after in zip(batch_norms(initial), batch_norms(tuned)):
         assert torch.equal(before.running_mean, after.running_mean) and torch.equal(before.running_var,
                                                                                      after.running_var)
     assert any(not torch.allclose(a, b) for a, b in zip(initial.parameters(), tuned.parameters()))
+    assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "moving"), *FAST,
+                 "--no-freeze-statistics", "--average-last", "1"]) == 0
+    moved = st.load_model(tmp_path / "moving" / "model")
+    assert not torch.equal(batch_norms(initial)[0].running_mean, batch_norms(moved)[0].running_mean)

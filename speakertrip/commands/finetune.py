@@ -41,9 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"triplet margin on squared distances (default {defaults.margin})")
     parser.add_argument("--freeze-layers", type=int, default=defaults.freeze_layers,
                         help="keep the first N frame-level encoder layers as they are (default 0)")
-    parser.add_argument("--freeze-statistics", action="store_true",
+    parser.add_argument("--freeze-statistics", action=argparse.BooleanOptionalAction,
+                        default=defaults.freeze_statistics,
                         help="BatchNorm layers in inference mode while fine-tuning: the pretrained statistics "
-                             "normalise your data too and stay as they are (weights still learn)")
+                             "normalise your data too and stay as they are; weights still learn (default: on)")
     parser.add_argument("--source", help="manifest of source-domain data to mix in against forgetting")
     parser.add_argument("--source-speakers", type=int, help="source speakers mixed in (default: as many as yours)")
     parser.add_argument("--source-statistics", action="store_true",

@@ -9,9 +9,9 @@ from speakertrip.errors import ConfigError
 
 @dataclass
 class FinetuneConfig:
-    """Defaults for tens of speakers: at most 120 steps at a peak LR of 2e-4 (a tenth of training from
-    scratch), 5 % warm-up, P=16 speakers × K=4 crops of 2 s, validation every 40 steps, patience 3, average of 3
-    (measured on real voices: recipes/finetune/README.md).
+    """Defaults for tens of speakers: at most 300 steps at a peak LR of 5e-4 (a quarter of training from
+    scratch), 5 % warm-up, P=16 speakers × K=4 crops of 2 s, BatchNorm statistics frozen, validation every 50
+    steps, patience 3, average of 3 (measured on real voices: recipes/finetune/README.md).
 
     ``dev_speakers``: speakers held out for dev when no dev set is given (a count, or a fraction below 1).
     ``freeze_layers``: the first N frame-level layers of the encoder keep their weights (and BatchNorm
@@ -22,8 +22,8 @@ class FinetuneConfig:
     model keeps working on its original domain; less gain on yours).
     """
 
-    steps: int = 120
-    lr: float = 2e-4
+    steps: int = 300
+    lr: float = 5e-4
     min_lr: float = 1e-5
     warmup: float = 0.05
     weight_decay: float = 1e-4
@@ -33,13 +33,13 @@ class FinetuneConfig:
     margin: float = 0.3
     hardest_negatives: int = 4
     freeze_layers: int = 0
-    freeze_statistics: bool = False
+    freeze_statistics: bool = True
     dev_speakers: float = 0.2
     max_dev_trials: int = 20000
     source: str | None = None
     source_speakers: int | None = None
     source_statistics: bool = False
-    validate_every: int = 40
+    validate_every: int = 50
     patience: int = 3
     average_last: int = 3
     seed: int = 0
