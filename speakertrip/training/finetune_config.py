@@ -9,7 +9,7 @@ from speakertrip.errors import ConfigError
 
 @dataclass
 class FinetuneConfig:
-    """Defaults for tens of speakers: at most 300 steps at a peak LR of 5e-4 (a quarter of training from
+    """Defaults for tens of speakers: at most 300 steps at a peak LR of 2e-4 (a tenth of training from
     scratch), 5 % warm-up, P=16 speakers × K=4 crops of 2 s, BatchNorm statistics frozen, validation every 50
     steps, patience 3, average of 3 (measured on real voices: recipes/finetune/README.md).
 
@@ -23,7 +23,7 @@ class FinetuneConfig:
     """
 
     steps: int = 300
-    lr: float = 5e-4
+    lr: float = 2e-4
     min_lr: float = 1e-5
     warmup: float = 0.05
     weight_decay: float = 1e-4
