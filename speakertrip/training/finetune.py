@@ -8,10 +8,11 @@ hub model) is fine-tuned as it is from the first step. :func:`finetune`:
    set), writes ``<out>/data/{train,dev}.jsonl`` and ``dev_trials.txt`` (every target pair, sampled
    non-target pairs); optionally mixes in source-domain speakers (``source``) against forgetting;
 3. trains with the regular trainer (``init_from`` the initial model, a low learning rate, a short
-   warm-up, optionally the first encoder layers frozen), validating every ``validate_every`` steps
-   and stopping when the dev EER has not improved for ``patience`` validations;
-4. averages the last snapshots up to the best validation into ``<out>/model`` (its dev EER and
-   thresholds recorded in the artifact) and reports the dev EER before and after.
+   warm-up, BatchNorm statistics frozen, optionally the first encoder layers frozen), validating every
+   ``validate_every`` steps and stopping when the dev EER has not improved for ``patience`` validations;
+4. averages the last snapshots up to the best validation into ``<out>/model`` (optionally with its
+   BatchNorm statistics re-estimated on the source data; its dev EER and thresholds recorded in the
+   artifact) and reports the dev EER before and after.
 
 Resumable like ``speakertrip train``: ``resume=True`` continues from ``<out>/checkpoints/last.pt``.
 
