@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from json.encoder import encode_basestring
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -113,7 +113,7 @@ def write_manifest(utterances: Iterable[Utterance], path: str | Path) -> Path:
 
 
 def _manifest_line(u: Utterance) -> str:
-    """``json.dumps(vars(u), ensure_ascii=False) + "\\n"``, byte for byte, 4x faster (a re-run of prepare at 1 M rows)."""
+    """``json.dumps(vars(u), ensure_ascii=False) + "\\n"``, byte for byte, 4x faster (prepare re-runs at 1 M rows)."""
     return (f'{{"utt_id": {encode_basestring(u.utt_id)}, "spk_id": {encode_basestring(u.spk_id)}, '
             f'"path": {encode_basestring(u.path)}, "duration": {float(u.duration)!r}, '
             f'"sample_rate": {int(u.sample_rate)!r}, "num_frames": {int(u.num_frames)!r}}}\n')

@@ -166,8 +166,9 @@ def batch_norms(module: nn.Module) -> list[nn.Module]:
 
 
 class FinetuneTrainer(Trainer):
-    """The trainer, plus frozen early layers or BatchNorm statistics, a stop when the dev EER has not improved for ``patience``
-    validations (an equal EER counts as improved), and an average of the snapshots up to the best validation."""
+    """The trainer, plus frozen early layers or BatchNorm statistics, a stop when the dev EER has not improved
+    for ``patience`` validations (an equal EER counts as improved), and an average of the snapshots up to the
+    best validation (its BatchNorm statistics re-estimated on the source data with ``source_statistics``)."""
 
     def __init__(self, train: TrainConfig, options: FinetuneConfig, *args: Any, **kwargs: Any):
         super().__init__(train, *args, **kwargs)

@@ -16,8 +16,9 @@ class FinetuneConfig:
     ``dev_speakers``: speakers held out for dev when no dev set is given (a count, or a fraction below 1).
     ``freeze_layers``: the first N frame-level layers of the encoder keep their weights (and BatchNorm
     statistics). ``freeze_statistics``: every BatchNorm layer runs in inference mode while fine-tuning (the
-    pretrained statistics normalise your data too, and stay as they are; weights still learn). ``source``: a manifest of source-domain data (e.g. what the model was trained on);
-    ``source_speakers`` of its speakers (default: as many as the training speakers) join the training set.
+    pretrained statistics normalise your data too, and stay as they are; weights still learn).
+    ``source``: a manifest of source-domain data (e.g. what the model was trained on); ``source_speakers``
+    of its speakers (default: as many as the training speakers) join the training set.
     ``source_statistics``: the final model's BatchNorm statistics are re-estimated on ``source`` data (the
     model keeps working on its original domain; less gain on yours).
     """
