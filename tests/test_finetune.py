@@ -107,7 +107,8 @@ def test_freeze_layers_and_bad_options(corpus, tmp_path):
 
 def test_source_statistics_are_those_of_the_source_crops(corpus, tmp_path):
     """--source-statistics: the saved model is the averaged snapshots with BatchNorm statistics re-estimated on
-    crops of the source manifest (recomputed here), weights untouched; without --source it is refused."""
+    crops of the source manifest (recomputed here), weights untouched; every snapshot holds the statistics
+    re-estimated at its validation; without --source it is refused."""
     from speakertrip.training.averaging import average_snapshots, list_snapshots
     from speakertrip.training.batchnorm import reestimate_batchnorm
     from speakertrip.training.config import load_config
@@ -127,6 +128,14 @@ def test_source_statistics_are_those_of_the_source_crops(corpus, tmp_path):
     assert tuned.evaluation["batchnorm_crops"] == len(read_manifest(manifest))
     torch.testing.assert_close(tuned.state_dict(), expected.state_dict(), rtol=0, atol=0)
     assert all(torch.equal(value, averaged_weights[name]) for name, value in tuned.named_parameters())
+    # each validation re-estimated them before the snapshot: training and dev validation saw source statistics
+    snapshot = list_snapshots(out / "checkpoints")[-1]
+    step = int(snapshot.stem.split("_")[1])
+    at_step, _ = average_snapshots(config, [snapshot])
+    saved = {name: value.clone() for name, value in at_step.state_dict().items()}
+    reestimate_batchnorm(at_step, read_manifest(manifest), config.data.crop_seconds, config.features.sample_rate,
+                         seed=step)
+    torch.testing.assert_close(at_step.state_dict(), saved, rtol=0, atol=0)
     with pytest.raises(ConfigError, match=r"--source-statistics.*--source MANIFEST"):
         FinetuneConfig(source_statistics=True)
 

@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--source", help="manifest of source-domain data to mix in against forgetting")
     parser.add_argument("--source-speakers", type=int, help="source speakers mixed in (default: as many as yours)")
     parser.add_argument("--source-statistics", action="store_true",
-                        help="re-estimate the final model's BatchNorm statistics on --source data: it keeps "
-                             "working on its original domain, with less gain on yours")
+                        help="BatchNorm statistics re-estimated on --source data at every validation and in "
+                             "the final model: it keeps working on its original domain")
     parser.add_argument("--validate-every", type=int, default=defaults.validate_every,
                         help=f"steps between dev validations and snapshots (default {defaults.validate_every})")
     parser.add_argument("--patience", type=int, default=defaults.patience,

@@ -10,9 +10,10 @@ hub model) is fine-tuned as it is from the first step. :func:`finetune`:
 3. trains with the regular trainer (``init_from`` the initial model, a low learning rate, a short
    warm-up, BatchNorm statistics frozen, optionally the first encoder layers frozen), validating every
    ``validate_every`` steps and stopping when the dev EER has not improved for ``patience`` validations;
-4. averages the last snapshots up to the best validation into ``<out>/model`` (optionally with its
-   BatchNorm statistics re-estimated on the source data; its dev EER and thresholds recorded in the
-   artifact) and reports the dev EER before and after.
+4. averages the last snapshots up to the best validation into ``<out>/model`` (its dev EER and
+   thresholds recorded in the artifact) and reports the dev EER before and after. With
+   ``source_statistics`` the BatchNorm statistics follow the source data: re-estimated on source crops
+   at every validation and in the final model.
 
 Resumable like ``speakertrip train``: ``resume=True`` continues from ``<out>/checkpoints/last.pt``.
 
@@ -36,6 +37,7 @@ from speakertrip.data.manifest import Utterance, read_manifest, write_manifest
 from speakertrip.data.split import hold_out_speakers, make_trials, write_trials
 from speakertrip.errors import ConfigError, SpeakertripError
 from speakertrip.training.averaging import SNAPSHOT_PATTERN, list_snapshots
+from speakertrip.training.batchnorm import reestimate_batchnorm
 from speakertrip.training.finetune_config import FinetuneConfig
 from speakertrip.training.config import (DataConfig, LoopConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig,
                                          TrainConfig)
@@ -168,7 +170,8 @@ def batch_norms(module: nn.Module) -> list[nn.Module]:
 class FinetuneTrainer(Trainer):
     """The trainer, plus frozen early layers or BatchNorm statistics, a stop when the dev EER has not improved
     for ``patience`` validations (an equal EER counts as improved), and an average of the snapshots up to the
-    best validation (its BatchNorm statistics re-estimated on the source data with ``source_statistics``)."""
+    best validation. With ``source_statistics``, BatchNorm statistics are re-estimated on source crops at each
+    validation (training then goes on with them, frozen by default) and once more in the final model."""
 
     def __init__(self, train: TrainConfig, options: FinetuneConfig, *args: Any, **kwargs: Any):
         super().__init__(train, *args, **kwargs)
@@ -190,6 +193,9 @@ class FinetuneTrainer(Trainer):
             self.total_steps = self.step  # the loop ends here; finish() averages up to the best step
 
     def validate(self) -> None:
+        if self.batchnorm_data:  # train on, validate and snapshot with the statistics the final model will have
+            reestimate_batchnorm(self.model, self.batchnorm_data, self.config.data.crop_seconds,
+                                 self.config.features.sample_rate, self.device, seed=self.step)
         super().validate()
         if self.dist.is_main and self.dev is not None:  # a tie counts as progress: a small dev set saturates
             last = next(r for r in reversed(self.log.read()) if r.get("kind") == "validation")

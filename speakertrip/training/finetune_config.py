@@ -19,8 +19,8 @@ class FinetuneConfig:
     pretrained statistics normalise your data too, and stay as they are; weights still learn).
     ``source``: a manifest of source-domain data (e.g. what the model was trained on); ``source_speakers``
     of its speakers (default: as many as the training speakers) join the training set.
-    ``source_statistics``: the final model's BatchNorm statistics are re-estimated on ``source`` data (the
-    model keeps working on its original domain; less gain on yours).
+    ``source_statistics``: BatchNorm statistics are re-estimated on ``source`` data at every validation
+    (training goes on with them) and in the final model: it keeps working on its original domain.
     """
 
     steps: int = 300
