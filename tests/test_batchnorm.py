@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import speakertrip as st
 from speakertrip.data.manifest import read_manifest
 from speakertrip.testing import make_voxceleb_tree, tiny_model_artifact
-from speakertrip.training.batchnorm import crop_batches, reestimate_batchnorm
+from speakertrip.training.batchnorm import batch_norms, crop_batches, reestimate_batchnorm
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,7 @@ def test_crops_are_reproducible_and_full_length(utterances):
 
 def test_statistics_are_the_moments_of_the_crops(utterances, tmp_path):
     model = st.load_model(tiny_model_artifact(tmp_path / "model"))
-    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    norms = batch_norms(model)
     weights = {name: value.clone() for name, value in model.named_parameters()}
     for norm in norms:
         norm.running_mean.fill_(5.0)

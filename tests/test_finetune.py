@@ -142,7 +142,7 @@ def test_source_statistics_are_those_of_the_source_crops(corpus, tmp_path):
 
 def test_freeze_statistics_keeps_every_batchnorm_statistic(corpus, tmp_path):
     """--freeze-statistics: BatchNorm in inference mode while fine-tuning; statistics unchanged, weights trained."""
-    from speakertrip.training.finetune import batch_norms
+    from speakertrip.training.batchnorm import batch_norms
 
     data, model = corpus
     out = tmp_path / "ft"

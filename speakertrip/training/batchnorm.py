@@ -17,6 +17,11 @@ from speakertrip.audio.io import read_crop, to_float
 from speakertrip.data.manifest import Utterance
 
 
+def batch_norms(module: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``module``, in module order."""
+    return [child for child in module.modules() if isinstance(child, nn.modules.batchnorm._BatchNorm)]
+
+
 def crop_batches(utterances: Sequence[Utterance], crop_seconds: float, sample_rate: int, batch_size: int = 32,
                  limit: int = 512, seed: int = 0) -> Iterator[torch.Tensor]:
     """(B, T) float32 batches of one random ``crop_seconds`` crop from each of at most ``limit`` utterances

@@ -37,7 +37,7 @@ from speakertrip.data.manifest import Utterance, read_manifest, write_manifest
 from speakertrip.data.split import hold_out_speakers, make_trials, write_trials
 from speakertrip.errors import ConfigError, SpeakertripError
 from speakertrip.training.averaging import SNAPSHOT_PATTERN, list_snapshots
-from speakertrip.training.batchnorm import reestimate_batchnorm
+from speakertrip.training.batchnorm import batch_norms, reestimate_batchnorm
 from speakertrip.training.finetune_config import FinetuneConfig
 from speakertrip.training.config import (DataConfig, LoopConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig,
                                          TrainConfig)
@@ -160,11 +160,6 @@ def freeze_layers(encoder: nn.Module, count: int) -> tuple[int, list[nn.Module]]
             parameter.requires_grad_(False)
             frozen += parameter.numel()
     return frozen, [module for layer in layers[:count] for module in batch_norms(layer)]
-
-
-def batch_norms(module: nn.Module) -> list[nn.Module]:
-    """The BatchNorm layers of ``module``."""
-    return [child for child in module.modules() if isinstance(child, nn.modules.batchnorm._BatchNorm)]
 
 
 class FinetuneTrainer(Trainer):
