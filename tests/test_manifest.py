@@ -36,6 +36,7 @@ def test_paths_relative_to_the_manifest_folder_read_back_as_the_files(tree, tmp_
     assert all(not Path(u.path).is_absolute() and u.path.startswith("..") for u in relative)
     assert read_manifest(write_manifest(relative, tmp_path / "m" / "utts.jsonl")) == absolute
 
+
 def test_written_rows_are_what_json_dumps_writes(tmp_path):
     """The hand-rolled row writer against json.dumps on random ids: quotes, escapes, control and non-ASCII text."""
     import numpy as np
@@ -57,6 +58,18 @@ def test_relative_paths_resolve_against_the_manifest_folder(tree, tmp_path):
     (tmp_path / "utts.jsonl").write_text(json.dumps(row) + "\n\n")
     (utterance,) = read_manifest(tmp_path / "utts.jsonl")
     assert utterance.path == str(tmp_path / "wav" / "x.wav") and utterance.num_frames == 24000
+
+
+def test_a_manifest_read_by_a_relative_path_and_rewritten_elsewhere_still_finds_its_files(tree, tmp_path,
+                                                                                        monkeypatch):
+    """The demo's fit/dev split: rows read through a path relative to the working folder, written into another."""
+    utterances, _ = build_utterances(entries_of(tree), progress=False, relative_to=tmp_path / "out" / "data")
+    write_manifest(utterances, tmp_path / "out" / "data" / "train.jsonl")
+    monkeypatch.chdir(tmp_path)
+    rows = read_manifest("out/data/train.jsonl")
+    assert all(Path(u.path).is_absolute() and Path(u.path).is_file() for u in rows)
+    split = read_manifest(write_manifest(rows[:2], tmp_path / "out" / "data" / "fit.jsonl"))
+    assert [u.path for u in split] == [u.path for u in rows[:2]]
 
 
 @pytest.mark.parametrize("line, message", [

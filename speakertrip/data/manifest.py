@@ -1,7 +1,7 @@
 """Manifests: one JSON object per utterance (``utt_id, spk_id, path, duration, sample_rate, num_frames``).
 
-Relative paths are resolved against the manifest's folder when read. Building a manifest reads
-every file's header in parallel (threads: libsndfile releases the GIL) and lists every problem
+Relative paths are resolved against the manifest's folder when read, into absolute paths. Building a
+manifest reads every file's header in parallel (threads: libsndfile releases the GIL) and lists every problem
 (missing file, unreadable audio, duplicate id) in one report, or drops them with ``skip_bad``.
 """
 
@@ -50,7 +50,7 @@ class BadEntriesError(SpeakertripError):
                          + "\n".join(lines + more))
 
 
-def _parse_row(text: str, path: Path, line_no: int) -> Utterance:
+def _parse_row(text: str, path: Path, line_no: int, folder: str) -> Utterance:
     try:
         row = json.loads(text)
     except json.JSONDecodeError as error:
@@ -72,7 +72,7 @@ def _parse_row(text: str, path: Path, line_no: int) -> Utterance:
     if row["duration"] <= 0 or row["sample_rate"] <= 0 or row["num_frames"] <= 0 or not row["utt_id"]:
         raise FormatError("utt_id must be non-empty; duration, sample_rate and num_frames positive", path, line_no, text)
     if not os.path.isabs(row["path"]):
-        row["path"] = os.path.normpath(path.parent / row["path"])
+        row["path"] = os.path.normpath(os.path.join(folder, row["path"]))
     return Utterance(**{**row, "duration": float(row["duration"])})
 
 
@@ -91,11 +91,12 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     if not path.is_file():
         raise FormatError("no such manifest file", path)
     utterances, first_line = [], {}
+    folder = os.path.abspath(path.parent)  # absolute: a manifest written from these rows elsewhere still finds them
     with open(path, encoding="utf-8") as handle:
         for line_no, text in enumerate(handle, 1):
             if not text.strip():
                 continue
-            utterance = _parse_row(text, path, line_no)
+            utterance = _parse_row(text, path, line_no, folder)
             if utterance.utt_id in first_line:
                 raise FormatError(f"duplicate utt_id {utterance.utt_id!r} (first on line "
                                   f"{first_line[utterance.utt_id]})", path, line_no, text)
