@@ -20,7 +20,8 @@ class FinetuneConfig:
     ``source``: a manifest of source-domain data (e.g. what the model was trained on); ``source_speakers``
     of its speakers (default: as many as the training speakers) join the training set.
     ``source_statistics``: BatchNorm statistics are re-estimated on ``source`` data at every validation
-    (training goes on with them) and in the final model: it keeps working on its original domain.
+    (training goes on with them) and in the final model: it keeps working on its original domain. Measured
+    with ``lr=4e-4``: real voices 0.60x, the original domain 1.04x (recipes/finetune/README.md).
     """
 
     steps: int = 300
