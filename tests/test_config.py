@@ -8,8 +8,9 @@ import pickle
 import pytest
 import torch
 
-from speakertrip.errors import ConfigError, FormatError
-from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint, save_checkpoint
+from speakertrip.errors import ConfigError, FormatError, SpeakertripError
+from speakertrip.training.checkpoint import (average_state_dicts, interpolate_state_dicts, load_checkpoint,
+                                            save_checkpoint)
 from speakertrip.training.config import ScheduleConfig, TrainConfig, load_config, save_config
 from speakertrip.training.metrics_log import MetricsLog
 from speakertrip.training.schedule import learning_rate
@@ -145,3 +146,28 @@ def test_recipe_configs_load_and_build(name):
     assert config.train.exp_dir == f"exp/{name}" and config.loss.p * config.loss.k == 256
     encoder = build_encoder(config.model.encoder, config.features.n_mels, config.model.options)
     build_loss(config.loss.kind, embedding_dim=encoder.embedding_dim, num_classes=5994, **config.loss.options)
+
+
+def test_interpolate_state_dicts_against_a_loop():
+    generator = torch.Generator().manual_seed(3)
+    start = {"w": torch.randn(4, 3, generator=generator), "half": torch.randn(5, generator=generator).half(),
+             "count": torch.tensor(7)}
+    end = {"w": torch.randn(4, 3, generator=generator), "half": torch.randn(5, generator=generator).half(),
+           "count": torch.tensor(11)}
+    mixed = interpolate_state_dicts(start, end, 0.3)
+    for row in range(4):
+        for column in range(3):
+            a, b = float(start["w"][row, column]), float(end["w"][row, column])
+            assert float(mixed["w"][row, column]) == pytest.approx(a + 0.3 * (b - a), rel=1e-6, abs=1e-7)
+    assert mixed["half"].dtype == torch.float16 and int(mixed["count"]) == 11
+    torch.testing.assert_close(interpolate_state_dicts(start, end, 1.0)["w"], end["w"])
+    with pytest.raises(SpeakertripError, match=r"different tensors: \['extra'\]"):
+        interpolate_state_dicts(start, {**end, "extra": torch.zeros(1)}, 0.5)
+
+
+def test_interpolation_needs_a_start_and_a_weight_in_range():
+    with pytest.raises(ConfigError, match=r"'model.interpolation' \(0.5\) .* set 'model.init_from'"):
+        TrainConfig.from_dict({"model": {"interpolation": 0.5}})
+    with pytest.raises(ConfigError, match=r"'model.interpolation' must be in \(0, 1\], got 0"):
+        TrainConfig.from_dict({"model": {"interpolation": 0, "init_from": "exp/model"}})
+    assert TrainConfig.from_dict({"model": {"interpolation": 0.7, "init_from": "m"}}).model.interpolation == 0.7

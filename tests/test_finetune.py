@@ -157,3 +157,33 @@ def test_freeze_statistics_keeps_every_batchnorm_statistic(corpus, tmp_path):
                  "--no-freeze-statistics", "--average-last", "1"]) == 0
     moved = st.load_model(tmp_path / "moving" / "model")
     assert not torch.equal(batch_norms(initial)[0].running_mean, batch_norms(moved)[0].running_mean)
+
+
+def test_interpolation_is_a_weight_space_ensemble_with_the_initial_model(corpus, tmp_path):
+    """--interpolation A: the saved weights are initial + A x (averaged snapshots - initial), recomputed here
+    pair by pair; BatchNorm statistics (frozen) are the initial model's; the dev EER is the interpolated model's."""
+    from speakertrip.training.averaging import average_snapshots, list_snapshots
+    from speakertrip.training.config import load_config
+
+    data, model = corpus
+    out = tmp_path / "ft"
+    assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(out), *FAST,
+                 "--lr", "1e-2", "--interpolation", "0.25"]) == 0
+    config = load_config(out / "config.yaml")
+    assert config.model.interpolation == 0.25
+    averaged, _ = average_snapshots(config, list_snapshots(out / "checkpoints"))
+    initial, tuned = st.load_model(model), st.load_model(out / "model")
+    start, end, saved = initial.state_dict(), averaged.state_dict(), tuned.state_dict()
+    moved = 0
+    for key, value in saved.items():
+        if value.is_floating_point():
+            expected = start[key].double() + 0.25 * (end[key].double() - start[key].double())
+            torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
+            moved += not torch.equal(value, end[key])
+    assert moved > 10  # the average itself is not what was saved
+    assert tuned.evaluation["interpolation"] == 0.25
+    assert tuned.evaluation["eer"] == pytest.approx(_dev_eer(tuned, out), abs=1e-9)
+    assert json.loads((out / "finetune.json").read_text())["eer_after"] == pytest.approx(tuned.evaluation["eer"])
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match=r"interpolation must be in \(0, 1\]"):
+            FinetuneConfig(interpolation=bad)

@@ -50,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--source-statistics", action="store_true",
                         help="BatchNorm statistics re-estimated on --source data at every validation and in "
                              "the final model: it keeps working on its original domain (measured with --lr 4e-4)")
+    parser.add_argument("--interpolation", type=float, default=defaults.interpolation,
+                        help="the final weights: initial + INTERPOLATION x (fine-tuned - initial), a weight-space "
+                             "ensemble (WiSE-FT) that forgets less; 1 keeps the fine-tuned weights "
+                             f"(default {defaults.interpolation})")
     parser.add_argument("--validate-every", type=int, default=defaults.validate_every,
                         help=f"steps between dev validations and snapshots (default {defaults.validate_every})")
     parser.add_argument("--patience", type=int, default=defaults.patience,
@@ -73,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
         utterances_per_speaker=args.utterances_per_speaker, crop_seconds=args.crop_seconds, margin=args.margin,
         freeze_layers=args.freeze_layers, freeze_statistics=args.freeze_statistics, dev_speakers=args.dev_speakers,
         source=args.source, source_speakers=args.source_speakers, source_statistics=args.source_statistics,
-        validate_every=args.validate_every, patience=args.patience, average_last=args.average_last, seed=args.seed,
-        device=args.device, workers=args.workers, progress=not args.no_progress)
+        interpolation=args.interpolation, validate_every=args.validate_every, patience=args.patience,
+        average_last=args.average_last, seed=args.seed, device=args.device, workers=args.workers,
+        progress=not args.no_progress)
     result = finetune(args.model, args.data, args.out, config, dev=args.dev, resume=args.resume)
     rows = [("speakers", f"{result.train_speakers} fine-tuning, {result.dev_speakers} dev"
                          + (f", {result.source_speakers} source-domain mixed in" if result.source_speakers else "")),

@@ -16,7 +16,7 @@ from speakertrip.models.artifact import check_finite
 from speakertrip.scoring.dev_calibration import KEY as CALIBRATION_KEY
 from speakertrip.scoring.dev_calibration import DevCalibration
 from speakertrip.training.batchnorm import reestimate_batchnorm
-from speakertrip.training.checkpoint import average_state_dicts, load_checkpoint
+from speakertrip.training.checkpoint import average_state_dicts, interpolate_state_dicts, load_checkpoint
 from speakertrip.training.config import TrainConfig
 from speakertrip.training.validation import DevScores
 
@@ -59,11 +59,23 @@ def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple
     return model, [int(checkpoint.get("step", -1)) for checkpoint in checkpoints]
 
 
+def interpolate_toward_start(model: EmbeddingNetwork, config: TrainConfig) -> None:
+    """Set ``model``'s weights to ``init_from + interpolation × (weights − init_from)`` (``config.model``)."""
+    from speakertrip.models.artifact import initialise
+
+    start = build_model(config)
+    initialise(start, config.model.init_from)
+    model.load_state_dict(interpolate_state_dicts(start.state_dict(), model.state_dict(),
+                                                  config.model.interpolation))
+
+
 def export_model(config: TrainConfig, paths: Sequence[str | Path], out: str | Path, validate_dev: bool = True,
                  device: torch.device | str = "cpu", progress: bool = False,
                  batchnorm_data: Sequence[Utterance] = ()) -> tuple[Path, dict]:
     """Average ``paths``, validate on ``config.data.dev``/``dev_trials`` when given, save to ``out``.
 
+    With ``config.model.interpolation`` below 1, the averaged weights are first moved back toward
+    ``config.model.init_from`` (:func:`interpolate_toward_start`).
     ``batchnorm_data``: utterances on whose crops the averaged model's BatchNorm statistics are
     re-estimated before validation (:func:`speakertrip.training.batchnorm.reestimate_batchnorm`).
 
@@ -77,8 +89,11 @@ def export_model(config: TrainConfig, paths: Sequence[str | Path], out: str | Pa
     from speakertrip.training.validation import dev_metrics, score_dev_trials
 
     model, steps = average_snapshots(config, paths)
-    model.to(device)
     evaluation: dict = {}
+    if config.model.interpolation < 1:
+        interpolate_toward_start(model, config)
+        evaluation["interpolation"] = config.model.interpolation
+    model.to(device)
     if batchnorm_data:
         evaluation["batchnorm_crops"] = reestimate_batchnorm(model, batchnorm_data, config.data.crop_seconds,
                                                              config.features.sample_rate, device)

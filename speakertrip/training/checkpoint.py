@@ -96,3 +96,14 @@ def average_state_dicts(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[st
         else:
             averaged[key] = last.clone()
     return averaged
+
+
+def interpolate_state_dicts(start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor],
+                            weight: float) -> dict[str, torch.Tensor]:
+    """``start + weight × (end − start)`` for floating tensors (in float64, cast back to ``end``'s dtype);
+    integer tensors (``num_batches_tracked``) are taken from ``end``. Weight-space ensembling of a
+    fine-tuned model with its starting point (WiSE-FT, Wortsman et al., 2022) is ``weight`` in (0, 1)."""
+    if set(start) != set(end):
+        raise SpeakertripError(f"the two models hold different tensors: {sorted(set(start) ^ set(end))[:5]}")
+    return {key: (start[key].to(torch.float64) + weight * (value.to(torch.float64) - start[key].to(torch.float64))
+                  ).to(value.dtype) if value.is_floating_point() else value.clone() for key, value in end.items()}

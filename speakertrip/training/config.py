@@ -50,11 +50,14 @@ class ModelConfig:
     """The encoder (a name in ``speakertrip.models.ENCODERS``) and its builder options.
 
     ``init_from``: start from a speakertrip model directory or a SpeechBrain ``embedding_model.ckpt``.
+    ``interpolation``: the final model's weights are ``init_from + interpolation × (average − init_from)``,
+    a weight-space ensemble of the trained model with its start (WiSE-FT); 1 (the default) keeps the average.
     """
 
     encoder: str = "ecapa"
     options: dict = field(default_factory=dict)
     init_from: str | None = None
+    interpolation: float = 1.0
 
 
 @dataclass

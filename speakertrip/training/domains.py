@@ -60,7 +60,7 @@ DOMAINS: dict[str, Range] = {
     "features.spec_freq_masks": NON_NEGATIVE, "features.spec_freq_width": NON_NEGATIVE,
     "augment.weights": NON_NEGATIVE, "augment.noise_snr": ANY, "augment.music_snr": ANY, "augment.babble_snr": ANY,
     "augment.babble_speakers": AT_LEAST_ONE, "augment.speed_factors": POSITIVE,
-    "loss.p": AT_LEAST_ONE, "loss.k": AT_LEAST_ONE,
+    "model.interpolation": Range(0, 1, open_low=True), "loss.p": AT_LEAST_ONE, "loss.k": AT_LEAST_ONE,
     "optim.lr": POSITIVE, "optim.weight_decay": NON_NEGATIVE, "optim.momentum": FRACTION, "optim.betas": FRACTION,
     "schedule.warmup_steps": NON_NEGATIVE, "schedule.min_lr": NON_NEGATIVE, "schedule.cycle_steps": AT_LEAST_ONE,
     "schedule.cycle_decay": Range(0, 1, open_low=True),
@@ -98,7 +98,8 @@ def check_domain(key: str, value: Any, source: str) -> None:
 
 def check_domains(config: Any, source: str) -> None:
     """Check every numeric key of a built TrainConfig (nested dataclasses) against :data:`DOMAINS`,
-    and that the schedule's floor ``schedule.min_lr`` does not exceed its peak ``optim.lr``."""
+    that the schedule's floor ``schedule.min_lr`` does not exceed its peak ``optim.lr``, and that an
+    interpolation below 1 has a start to interpolate from (``model.init_from``)."""
     for section in dataclasses.fields(config):
         values = getattr(config, section.name)
         if dataclasses.is_dataclass(values):
@@ -107,3 +108,6 @@ def check_domains(config: Any, source: str) -> None:
     if config.schedule.min_lr > config.optim.lr:
         raise ConfigError(f"{source}: key 'schedule.min_lr' ({config.schedule.min_lr:g}) must not exceed "
                           f"'optim.lr' ({config.optim.lr:g}), the peak learning rate")
+    if config.model.interpolation < 1 and not config.model.init_from:
+        raise ConfigError(f"{source}: key 'model.interpolation' ({config.model.interpolation:g}) moves the final "
+                          "weights toward the starting model: set 'model.init_from' too")

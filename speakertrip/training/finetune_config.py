@@ -42,6 +42,7 @@ class FinetuneConfig:
     source: str | None = None
     source_speakers: int | None = None
     source_statistics: bool = False
+    interpolation: float = 1.0
     validate_every: int = 50
     patience: int = 3
     average_last: int = 3
@@ -55,6 +56,8 @@ class FinetuneConfig:
             raise ConfigError("steps, validate_every, patience and average_last must be >= 1")
         if not self.lr > 0 or self.dev_speakers <= 0 or self.freeze_layers < 0:
             raise ConfigError("lr and dev_speakers must be positive, freeze_layers >= 0")
+        if not 0 < self.interpolation <= 1:
+            raise ConfigError(f"interpolation must be in (0, 1], got {self.interpolation}")
         if self.source_statistics and not self.source:
             raise ConfigError("source_statistics (--source-statistics) re-estimates statistics on the source data: "
                               "give it with source (--source MANIFEST)")
