@@ -10,8 +10,9 @@ hub model) is fine-tuned as it is from the first step. :func:`finetune`:
 3. trains with the regular trainer (``init_from`` the initial model, a low learning rate, a short
    warm-up, BatchNorm statistics frozen, optionally the first encoder layers frozen), validating every
    ``validate_every`` steps and stopping when the dev EER has not improved for ``patience`` validations;
-4. averages the last snapshots up to the best validation into ``<out>/model`` (its dev EER and
-   thresholds recorded in the artifact) and reports the dev EER before and after. With
+4. averages the last snapshots up to the best validation into ``<out>/model``, optionally moved back
+   toward the initial weights (``interpolation``, WiSE-FT), records its dev EER and thresholds in the
+   artifact and reports the dev EER before and after. With
    ``source_statistics`` the BatchNorm statistics follow the source data: re-estimated on source crops
    at every validation and in the final model.
 

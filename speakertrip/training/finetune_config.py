@@ -23,6 +23,9 @@ class FinetuneConfig:
     (training goes on with them) and in the final model: it keeps working on its original domain. Measured
     with ``lr=4e-4`` on two splits of real voices: 0.60x and 0.56x on them, 1.04x and 1.17x on the original
     domain (recipes/finetune/README.md).
+    ``interpolation``: the final weights are ``initial + interpolation × (fine-tuned − initial)``, a
+    weight-space ensemble with the starting model (WiSE-FT); below 1 it forgets less of the original domain
+    for part of the gain on yours (applied before the source statistics are re-estimated).
     """
 
     steps: int = 300
