@@ -8,7 +8,9 @@ In one run:
 2. per fold, ``speakertrip finetune`` on the other voices (its own dev speakers held out of those), then the
    EER on the fold's voices, which the fine-tuning never saw; folds rotate so every voice is evaluated once;
 3. the eSpeak held-out EER (the demo's test speakers and trial list) before and after, for forgetting;
-4. EER against the number of fine-tuning speakers (e.g. 6, 13, 26) on the first fold's voices.
+4. EER against the number of fine-tuning speakers (e.g. 6, 13, 26) on the first fold's voices;
+5. with ``--splits N``, all of it on N random splits of the voices (the fold ratios of one split move a lot
+   with the split and seed alone), the targets judged on the mean of the splits' ratios.
 
 Targets: real-voice EER after <= 0.6 x before; eSpeak held-out EER after <= 1.1 x before.
 
@@ -42,7 +44,10 @@ def parse_args() -> argparse.Namespace:
                         help="fine-tuning speaker counts for the curve (fold 1's voices evaluated)")
     parser.add_argument("--steps", type=int, help="`speakertrip finetune --steps` (default: its own)")
     parser.add_argument("--finetune-args", default="", help="extra `speakertrip finetune` options, quoted")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the split of the voices into folds, and the "
+                        "fine-tuning seed")
+    parser.add_argument("--splits", type=int, default=1, help="repeat on this many splits (seeds --seed, "
+                        "--seed + 1, ...; runs in WORKDIR/splitN) and judge the targets on their mean ratios")
     return parser.parse_args()
 
 
@@ -53,14 +58,15 @@ def evaluate(model, utterances, trials_path: Path) -> float:
     return validate(model, utterances, trials_path)["eer"]
 
 
-def run_finetune(model: Path, speakers: list[str], by_speaker: dict, workdir: Path, args: argparse.Namespace) -> Path:
+def run_finetune(model: Path, speakers: list[str], by_speaker: dict, workdir: Path, seed: int,
+                 args: argparse.Namespace) -> Path:
     """`speakertrip finetune` on ``speakers`` (a manifest of theirs); returns the fine-tuned model folder."""
     from speakertrip.cli import main
     from speakertrip.data.manifest import write_manifest
 
     data = write_manifest([u for speaker in speakers for u in by_speaker[speaker]], workdir / "finetune_data.jsonl")
     command = ["finetune", "--model", str(model), "--data", str(data), "--out", str(workdir / "run"),
-               *(["--steps", str(args.steps)] if args.steps else []), "--seed", str(args.seed), "--no-progress",
+               *(["--steps", str(args.steps)] if args.steps else []), "--seed", str(seed), "--no-progress",
                *args.finetune_args.split()]
     if str(args.source) != "none":
         command += ["--source", str(args.source)]
@@ -72,12 +78,75 @@ def run_finetune(model: Path, speakers: list[str], by_speaker: dict, workdir: Pa
     return workdir / "run" / "model"
 
 
+def split_folds(speakers: list[str], folds: int, seed: int) -> tuple[list[str], list[list[str]]]:
+    """The speakers in a random order (``seed``), and ``folds`` folds dealt from it."""
+    order = list(np.random.default_rng(seed).permutation(speakers))
+    return order, [sorted(order[index::folds]) for index in range(folds)]
+
+
+def run_split(seed: int, workdir: Path, context: dict, args: argparse.Namespace) -> list[tuple]:
+    """Per fold of the split ``seed``: (fold, tuned on, evaluated, real EER before, after, eSpeak after)."""
+    import speakertrip as st
+    from speakertrip.data.split import make_trials, write_trials
+
+    by_speaker, demo, espeak = context["by_speaker"], context["demo"], context["espeak"]
+    speakers = sorted(by_speaker)
+    _, folds = split_folds(speakers, args.folds, seed)
+    rows = []
+    for index, held_out in enumerate(folds):
+        fold_dir = workdir / f"fold{index + 1}"
+        evaluated = [u for s in held_out for u in by_speaker[s]]
+        trials = write_trials(make_trials(evaluated, seed=seed), fold_dir / "eval_trials.txt")
+        before = evaluate(demo, evaluated, trials)
+        tuned_dir = run_finetune(args.model, [s for s in speakers if s not in held_out], by_speaker, fold_dir, seed,
+                                 args)
+        tuned = st.load_model(tuned_dir)
+        rows.append((index + 1, len(speakers) - len(held_out), len(held_out), before,
+                     evaluate(tuned, evaluated, trials), evaluate(tuned, espeak, args.espeak_trials)))
+        print(f"split {seed} fold {index + 1}: real EER {100 * rows[-1][3]:.2f} % -> {100 * rows[-1][4]:.2f} %, "
+              f"eSpeak {100 * context['espeak_before']:.2f} % -> {100 * rows[-1][5]:.2f} %", flush=True)
+    return rows
+
+
+def speaker_curve(workdir: Path, first_rows: list[tuple], context: dict, args: argparse.Namespace) -> list[tuple]:
+    """(speakers, real EER on the first split's fold-1 voices, eSpeak EER) per fine-tuning speaker count."""
+    import speakertrip as st
+
+    by_speaker, espeak = context["by_speaker"], context["espeak"]
+    order, folds = split_folds(sorted(by_speaker), args.folds, args.seed)
+    others = [s for s in order if s not in folds[0]]
+    trials = workdir / "fold1" / "eval_trials.txt"
+    evaluated = [u for s in folds[0] for u in by_speaker[s]]
+    curve = []
+    for size in args.sizes:
+        if size >= len(others):
+            curve.append((len(others), first_rows[0][4], first_rows[0][5]))  # fold 1's run used all of them
+            continue
+        tuned_dir = run_finetune(args.model, sorted(others[:size]), by_speaker, workdir / f"size{size}", args.seed,
+                                 args)
+        tuned = st.load_model(tuned_dir)
+        curve.append((size, evaluate(tuned, evaluated, trials), evaluate(tuned, espeak, args.espeak_trials)))
+    return curve
+
+
+def print_split(seed: int, rows: list[tuple], espeak_before: float) -> tuple[float, float]:
+    """The split's fold table; returns its (real, eSpeak) EER ratios after/before."""
+    print(f"\nsplit {seed}\n{'fold':<6}{'tuned on':>10}{'evaluated':>11}{'real EER before':>17}{'after':>9}"
+          f"{'eSpeak before':>15}{'after':>9}")
+    for fold, tuned_on, evaluated_count, before, after, espeak_after in rows:
+        print(f"{fold:<6}{tuned_on:>10}{evaluated_count:>11}{100 * before:>16.2f}%{100 * after:>8.2f}%"
+              f"{100 * espeak_before:>14.2f}%{100 * espeak_after:>8.2f}%")
+    real_before, real_after, espeak_after = (float(np.mean([row[column] for row in rows])) for column in (3, 4, 5))
+    print(f"{'mean':<6}{'':>10}{'':>11}{100 * real_before:>16.2f}%{100 * real_after:>8.2f}%"
+          f"{100 * espeak_before:>14.2f}%{100 * espeak_after:>8.2f}%")
+    return real_after / real_before, espeak_after / espeak_before
+
+
 def main() -> None:
     args = parse_args()
     import speakertrip as st
     from speakertrip.corpora.voxceleb import prepare_voxceleb
     from speakertrip.data.manifest import read_manifest
-    from speakertrip.data.split import make_trials, write_trials
 
     started = time.perf_counter()
     for path in (args.model, args.real, args.espeak_test, args.espeak_trials):
@@ -87,61 +156,32 @@ def main() -> None:
     by_speaker: dict[str, list] = {}
     for utterance in real:
         by_speaker.setdefault(utterance.spk_id, []).append(utterance)
-    speakers = sorted(by_speaker)
-    order = list(np.random.default_rng(args.seed).permutation(speakers))
-    folds = [sorted(order[index::args.folds]) for index in range(args.folds)]
     espeak = read_manifest(args.espeak_test)
     demo = st.load_model(args.model)
-    espeak_before = evaluate(demo, espeak, args.espeak_trials)
-    print(f"real voices: {len(speakers)} speakers, {len(real)} utterances, {args.folds} folds; "
-          f"demo model {args.model}; eSpeak held-out EER before {100 * espeak_before:.2f} %", flush=True)
+    context = {"by_speaker": by_speaker, "demo": demo, "espeak": espeak,
+               "espeak_before": evaluate(demo, espeak, args.espeak_trials)}
+    seeds = list(range(args.seed, args.seed + args.splits))
+    print(f"real voices: {len(by_speaker)} speakers, {len(real)} utterances, {args.folds} folds x {len(seeds)} "
+          f"split(s); demo model {args.model}; eSpeak held-out EER before {100 * context['espeak_before']:.2f} %",
+          flush=True)
+    workdirs = {seed: args.workdir if len(seeds) == 1 else args.workdir / f"split{seed}" for seed in seeds}
+    splits = {seed: run_split(seed, workdirs[seed], context, args) for seed in seeds}
+    curve = speaker_curve(workdirs[args.seed], splits[args.seed], context, args)
 
-    rows = []
-    for index, held_out in enumerate(folds):
-        fold_dir = args.workdir / f"fold{index + 1}"
-        trials = write_trials(make_trials([u for s in held_out for u in by_speaker[s]], seed=args.seed),
-                              fold_dir / "eval_trials.txt")
-        evaluated = [u for s in held_out for u in by_speaker[s]]
-        before = evaluate(demo, evaluated, trials)
-        tuned_dir = run_finetune(args.model, [s for s in speakers if s not in held_out], by_speaker, fold_dir, args)
-        tuned = st.load_model(tuned_dir)
-        rows.append((index + 1, len(speakers) - len(held_out), len(held_out), before,
-                     evaluate(tuned, evaluated, trials), evaluate(tuned, espeak, args.espeak_trials)))
-        print(f"fold {index + 1}: real EER {100 * rows[-1][3]:.2f} % -> {100 * rows[-1][4]:.2f} %, "
-              f"eSpeak {100 * espeak_before:.2f} % -> {100 * rows[-1][5]:.2f} %", flush=True)
-
-    curve = []
-    first = folds[0]
-    others = [s for s in order if s not in first]
-    trials = args.workdir / "fold1" / "eval_trials.txt"
-    evaluated = [u for s in first for u in by_speaker[s]]
-    for size in args.sizes:
-        if size >= len(others):
-            curve.append((len(others), rows[0][4], rows[0][5]))  # fold 1's run used all of them
-            continue
-        tuned_dir = run_finetune(args.model, sorted(others[:size]), by_speaker, args.workdir / f"size{size}", args)
-        tuned = st.load_model(tuned_dir)
-        curve.append((size, evaluate(tuned, evaluated, trials), evaluate(tuned, espeak, args.espeak_trials)))
-
-    print(f"\n{'fold':<6}{'tuned on':>10}{'evaluated':>11}{'real EER before':>17}{'after':>9}"
-          f"{'eSpeak before':>15}{'after':>9}")
-    for fold, tuned_on, evaluated_count, before, after, espeak_after in rows:
-        print(f"{fold:<6}{tuned_on:>10}{evaluated_count:>11}{100 * before:>16.2f}%{100 * after:>8.2f}%"
-              f"{100 * espeak_before:>14.2f}%{100 * espeak_after:>8.2f}%")
-    real_before = float(np.mean([row[3] for row in rows]))
-    real_after = float(np.mean([row[4] for row in rows]))
-    espeak_after = float(np.mean([row[5] for row in rows]))
-    print(f"{'mean':<6}{'':>10}{'':>11}{100 * real_before:>16.2f}%{100 * real_after:>8.2f}%"
-          f"{100 * espeak_before:>14.2f}%{100 * espeak_after:>8.2f}%")
+    ratios = {seed: print_split(seed, rows, context["espeak_before"]) for seed, rows in splits.items()}
     print(f"\n{'fine-tuning speakers':<22}{'real EER (fold 1 voices)':>26}{'eSpeak EER':>12}")
-    print(f"{0:<22}{100 * rows[0][3]:>25.2f}%{100 * espeak_before:>11.2f}%")
+    print(f"{0:<22}{100 * splits[args.seed][0][3]:>25.2f}%{100 * context['espeak_before']:>11.2f}%")
     for size, real_eer, espeak_eer in curve:
         print(f"{size:<22}{100 * real_eer:>25.2f}%{100 * espeak_eer:>11.2f}%")
-    real_ratio, espeak_ratio = real_after / real_before, espeak_after / espeak_before
+    if len(seeds) > 1:
+        print("\nper split (real, eSpeak ratio): " + ", ".join(
+            f"{seed}: {real_ratio:.3f}, {espeak_ratio:.3f}" for seed, (real_ratio, espeak_ratio) in ratios.items()))
+    real_ratio, espeak_ratio = (float(np.mean([pair[index] for pair in ratios.values()])) for index in (0, 1))
+    scope = "" if len(seeds) == 1 else f", mean of {len(seeds)} splits"
     print(f"\nreal voices never fine-tuned on: EER ratio after/before {real_ratio:.3f} (target <= 0.60: "
-          f"{'met' if real_ratio <= 0.6 else 'NOT met'})")
+          f"{'met' if real_ratio <= 0.6 else 'NOT met'}{scope})")
     print(f"eSpeak held-out (forgetting):    EER ratio after/before {espeak_ratio:.3f} (target <= 1.10: "
-          f"{'met' if espeak_ratio <= 1.1 else 'NOT met'})")
+          f"{'met' if espeak_ratio <= 1.1 else 'NOT met'}{scope})")
     print(f"total time {time.perf_counter() - started:.0f} s")
 
 
