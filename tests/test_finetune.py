@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -159,7 +160,7 @@ def test_freeze_statistics_keeps_every_batchnorm_statistic(corpus, tmp_path):
     assert not torch.equal(batch_norms(initial)[0].running_mean, batch_norms(moved)[0].running_mean)
 
 
-def test_interpolation_is_a_weight_space_ensemble_with_the_initial_model(corpus, tmp_path):
+def test_interpolation_is_a_weight_space_ensemble_with_the_initial_model(corpus, tmp_path, capsys):
     """--interpolation A: the saved weights are initial + A x (averaged snapshots - initial), recomputed here
     pair by pair; BatchNorm statistics (frozen) are the initial model's; the dev EER is the interpolated model's."""
     from speakertrip.training.averaging import average_snapshots, list_snapshots
@@ -169,6 +170,7 @@ def test_interpolation_is_a_weight_space_ensemble_with_the_initial_model(corpus,
     out = tmp_path / "ft"
     assert main(["finetune", "--model", str(model), "--data", str(data), "--out", str(out), *FAST,
                  "--lr", "1e-2", "--interpolation", "0.25"]) == 0
+    assert re.search(r"final weights +initial \+ 0\.25 x \(averaged - initial\)", capsys.readouterr().out)
     config = load_config(out / "config.yaml")
     assert config.model.interpolation == 0.25
     averaged, _ = average_snapshots(config, list_snapshots(out / "checkpoints"))

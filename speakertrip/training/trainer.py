@@ -417,6 +417,8 @@ class Trainer:
                   if self.guard.skipped else []),
                 ("time", f"{seconds:.1f} s")]
         rows += throughput_rows(steps)
+        if "interpolation" in evaluation:
+            rows.append(("final weights", f"initial + {evaluation['interpolation']:g} x (averaged - initial)"))
         if "eer" in evaluation:
             rows += [("dev EER (averaged model)", f"{100 * evaluation['eer']:.2f} %"),
                      ("dev minDCF(0.01)", f"{evaluation['min_dcf_0.01']:.4f}"),
