@@ -49,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--source-speakers", type=int, help="source speakers mixed in (default: as many as yours)")
     parser.add_argument("--source-statistics", action="store_true",
                         help="BatchNorm statistics re-estimated on --source data at every validation and in "
-                             "the final model: it keeps working on its original domain (measured with --lr 4e-4)")
+                             "the final model: it keeps working on its original domain (measured with --lr 4e-4 "
+                             "--interpolation 0.7)")
     parser.add_argument("--interpolation", type=float, default=defaults.interpolation,
                         help="the final weights: initial + INTERPOLATION x (fine-tuned - initial), a weight-space "
                              "ensemble (WiSE-FT) that forgets less; 1 keeps the fine-tuned weights "
