@@ -9,12 +9,13 @@ In one run:
    EER on the fold's voices, which the fine-tuning never saw; folds rotate so every voice is evaluated once;
 3. the eSpeak held-out EER (the demo's test speakers and trial list) before and after, for forgetting;
 4. EER against the number of fine-tuning speakers (e.g. 6, 13, 26) on the first fold's voices;
-5. with ``--splits N``, all of it on N random splits of the voices (the fold ratios of one split move a lot
+5. with ``--splits N``, steps 1-3 on N random splits of the voices (the fold ratios of one split move a lot
    with the split and seed alone), the targets judged on the mean of the splits' ratios.
 
 Targets: real-voice EER after <= 0.6 x before; eSpeak held-out EER after <= 1.1 x before.
 
-    nice python scripts/bench_finetune.py --workdir /tmp/bench_finetune
+    nice python scripts/bench_finetune.py --workdir /tmp/bench_finetune --splits 3 \
+        --finetune-args "--source-statistics --lr 4e-4 --interpolation 0.7"
 """
 
 from __future__ import annotations
