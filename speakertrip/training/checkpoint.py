@@ -105,5 +105,11 @@ def interpolate_state_dicts(start: Mapping[str, torch.Tensor], end: Mapping[str,
     fine-tuned model with its starting point (WiSE-FT, Wortsman et al., 2022) is ``weight`` in (0, 1)."""
     if set(start) != set(end):
         raise SpeakertripError(f"the two models hold different tensors: {sorted(set(start) ^ set(end))[:5]}")
-    return {key: (start[key].to(torch.float64) + weight * (value.to(torch.float64) - start[key].to(torch.float64))
-                  ).to(value.dtype) if value.is_floating_point() else value.clone() for key, value in end.items()}
+    mixed = {}
+    for key, value in end.items():
+        if value.is_floating_point():
+            first = start[key].to(torch.float64)
+            mixed[key] = (first + weight * (value.to(torch.float64) - first)).to(value.dtype)
+        else:
+            mixed[key] = value.clone()
+    return mixed
