@@ -34,7 +34,7 @@ from speakertrip import scoring
 from speakertrip.audio import load_audio
 from speakertrip.cli import main as cli
 from speakertrip.data.manifest import read_manifest
-from speakertrip.scoring.dev_calibration import DevCalibration
+from speakertrip.evaluation.dev_calibration import DevCalibration
 from speakertrip.scoring.enrolment import ENROLMENT_SCORINGS, speaker_scores
 
 CUTS = (1.0, 2.0, 4.0, None)  # seconds kept from the start of a test utterance; None: all of it

@@ -79,8 +79,8 @@ def speechbrain_encode_loop(peer, paths: list[Path], threads: int) -> np.ndarray
 
 def bench_extraction(count: int, threads: int, round_size: int) -> None:
     """Both sides (and their variants) run on the same files, round after round, so load changes hit all alike."""
-    from speakertrip.extraction import EmbeddingModel
-    from speakertrip.extraction.batched import embed_many
+    from speakertrip.models import EmbeddingModel
+    from speakertrip.models.batched import embed_many
     from speakertrip.features import FeatureConfig
 
     torch.manual_seed(0)
@@ -135,15 +135,15 @@ def bench_extraction(count: int, threads: int, round_size: int) -> None:
 
 
 def bench_identify(speakers: int, queries: int = 200) -> None:
-    from speakertrip.extraction import EmbeddingModel
+    from speakertrip.models import EmbeddingModel
     from speakertrip.features import FeatureConfig
-    from speakertrip.verification.store import EnrollmentStore
+    from speakertrip.verification.enrolment_store import EnrolmentStore
     from speakertrip.verification.verifier import Verifier
 
     rng = np.random.default_rng(1)
     model = EmbeddingModel(FeatureConfig.speechbrain(n_mels=80), "ecapa", {"channels": 512}).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        store = EnrollmentStore(Path(tmp) / "s.db", model.identity, model.embedding_dim)
+        store = EnrolmentStore(Path(tmp) / "s.db", model.identity, model.embedding_dim)
         start = time.perf_counter()
         for index in range(speakers):
             store.add(f"speaker{index:06d}", rng.standard_normal((1, 192)).astype(np.float32), [f"u{index}"])

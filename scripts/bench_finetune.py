@@ -54,7 +54,7 @@ def parse_args() -> argparse.Namespace:
 
 def evaluate(model, utterances, trials_path: Path) -> float:
     """EER (fraction) of ``model`` on a trial list over ``utterances``."""
-    from speakertrip.training.validation import validate
+    from speakertrip.evaluation.recording import validate
 
     return validate(model, utterances, trials_path)["eer"]
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from speakertrip import scoring
-from speakertrip.extraction.store import EmbeddingStore
+from speakertrip.data.embedding_store import EmbeddingStore
 from speakertrip.scoring.metrics import eer_from_points, min_dcf_from_points
 
 

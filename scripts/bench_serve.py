@@ -231,7 +231,7 @@ def run(work: Path) -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    from speakertrip.extraction import load_model
+    from speakertrip.models import load_model
     from speakertrip.testing import speech_like, write_bad_audio
     from speakertrip.verification import Verifier
 
@@ -285,9 +285,9 @@ def run(work: Path) -> None:
         unexpected, notes = asyncio.run(soak(server.port, uploads, args.soak_clients))
         elapsed = time.perf_counter() - started
         server.stop()
-        from speakertrip.verification import EnrollmentStore
+        from speakertrip.verification import EnrolmentStore
 
-        with EnrollmentStore(work / "soak.db", create=False) as store:
+        with EnrolmentStore(work / "soak.db", create=False) as store:
             held = {(s.name, s.num_utterances) for s in store.speakers()}
         good = {(name, 1) for name, ok, _ in uploads if ok}
         soak_ok = held == good and unexpected == 0

@@ -9,7 +9,7 @@ throughput (CropDataset + PKSampler + DataLoader on int16 wav files) is printed 
 starving device is visible.
 
 Host syncs per step (``--syncs``, the default on): one step with noise/reverb/speed augmentation
-and SpecAugment, counted with :class:`~speakertrip.training.host_syncs.HostSyncCounter` two ways:
+and SpecAugment, counted with :class:`~speakertrip.testing.host_syncs.HostSyncCounter` two ways:
 the checked path (augmentation drawn and read on the host in the step, pair shapes found with
 ``nonzero``, every selection checked: how every step ran before) against the trainer's path
 (the plan read with the batch, fixed P×K shapes).
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from speakertrip.features import FeatureConfig
 from speakertrip.losses import build_loss
-from speakertrip.models import EmbeddingNetwork
+from speakertrip.models import EmbeddingModel
 from speakertrip.training.trainer import TrainingModule
 
 MODELS = {"tdnn-512": ("tdnn", {"channels": 512}), "ecapa-64": ("ecapa", {"channels": 64}),
@@ -61,7 +61,7 @@ def time_pair(first_step, second_step, steps: int, device: torch.device) -> tupl
     return losses[0], statistics.median(times[0]), losses[1], statistics.median(times[1])
 
 
-def ours(model: EmbeddingNetwork, batch, amp: torch.dtype | None, k: int, clip: float = 5.0):
+def ours(model: EmbeddingModel, batch, amp: torch.dtype | None, k: int, clip: float = 5.0):
     module = TrainingModule(model, build_loss("multi_positive", margin=0.3, hardest_negatives=4), group_size=k).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
     waves, lengths, labels = batch
@@ -77,7 +77,7 @@ def ours(model: EmbeddingNetwork, batch, amp: torch.dtype | None, k: int, clip: 
     return step
 
 
-def plain_fp32(model: EmbeddingNetwork, batch, clip: float = 5.0):
+def plain_fp32(model: EmbeddingModel, batch, clip: float = 5.0):
     """The loop written by hand on SpeechBrain's pieces; ``model`` supplies the starting weights."""
     import copy
 
@@ -135,7 +135,7 @@ def host_syncs_per_step(p: int, k: int, crop_seconds: float, device: torch.devic
     from speakertrip.data.sampler import PKSampler
     from speakertrip.losses.selection import grouped_batch  # noqa: F401 - what group_size switches on
     from speakertrip.testing import make_musan_tree, make_rir_tree
-    from speakertrip.training.host_syncs import HostSyncCounter
+    from speakertrip.testing.host_syncs import HostSyncCounter
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -150,7 +150,7 @@ def host_syncs_per_step(p: int, k: int, crop_seconds: float, device: torch.devic
         for name, loss in (("ecapa-64 multi-positive", ("multi_positive", {"margin": 0.3, "hardest_negatives": k})),
                            ("tdnn-512 batch-hard+AAM", ("triplet+aam", {"metric": {"miner": "batch_hard"}}))):
             encoder, options = MODELS[name.split()[0]]
-            model = EmbeddingNetwork(features, encoder, options).to(device)
+            model = EmbeddingModel(features, encoder, options).to(device)
             criterion = build_loss(loss[0], embedding_dim=model.embedding_dim,
                                    num_classes=augmenter.num_labels, **loss[1])
             counts = []
@@ -254,7 +254,7 @@ def main() -> None:
     for name, precision, compiled in variants:
         encoder, options = MODELS[name]
         torch.manual_seed(0)
-        model = EmbeddingNetwork(FeatureConfig.speechbrain(), encoder, options).to(device)
+        model = EmbeddingModel(FeatureConfig.speechbrain(), encoder, options).to(device)
         parameters = sum(t.numel() for t in model.parameters()) / 1e6
         peer_step = plain_fp32(model, (waves, lengths, labels))  # copies the initial weights first
         if compiled:

@@ -16,11 +16,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY_ATTRIBUTES = {
-    "load_model": ("speakertrip.extraction", "load_model"),
-    "EmbeddingModel": ("speakertrip.extraction", "EmbeddingModel"),
+    "load_model": ("speakertrip.models", "load_model"),
+    "EmbeddingModel": ("speakertrip.models", "EmbeddingModel"),
     "Verifier": ("speakertrip.verification", "Verifier"),
 }
-_SUBMODULES = {"audio", "corpora", "data", "features", "models", "losses", "training", "extraction", "scoring",
+_SUBMODULES = {"audio", "corpora", "data", "features", "models", "losses", "training", "extraction", "scoring", "evaluation",
                "verification", "testing", "errors"}
 
 

@@ -25,7 +25,7 @@ import torch
 
 from speakertrip.audio import load_audio
 from speakertrip.data.manifest import Utterance, read_manifest, write_manifest
-from speakertrip.extraction.store import EmbeddingStore
+from speakertrip.data.embedding_store import EmbeddingStore
 from speakertrip.features import FeatureConfig, LogMelFrontend
 from speakertrip.scoring import Trials, compute_metrics, metrics_table, plot_det, read_trials, score_trials
 
@@ -147,7 +147,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, w
     ``out/det.png``, ``out/speakers.db`` and ``out/results.json``.
     """
     from speakertrip.corpora.synth import prepare_synth
-    from speakertrip.extraction import embed_many, load_model
+    from speakertrip.models import embed_many, load_model
     from speakertrip.training.averaging import build_model
     from speakertrip.training.trainer import train
 

@@ -21,6 +21,7 @@ LAYERS = [
     {"losses"},
     {"extraction"},
     {"scoring"},
+    {"evaluation"},
     {"training"},
     {"verification"},
     {"testing", "demo", "commands", "cli", "__init__", "__main__"},  # entry points

@@ -24,7 +24,7 @@ from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 from speakertrip.testing import make_voxceleb_tree, speech_like, tiny_model_artifact
 from speakertrip.training.config import TrainConfig, load_config
 from speakertrip.training.domains import DOMAINS
-from speakertrip.verification.store import EnrollmentStore, StoreNotFoundError
+from speakertrip.verification.enrolment_store import EnrolmentStore, StoreNotFoundError
 from speakertrip.verification.verifier import Verifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +104,7 @@ def test_missing_store_is_never_created_except_by_enrolment(enrolled, tmp_path, 
         with pytest.raises(StoreNotFoundError, match="does not exist"):
             call()
     with pytest.raises(StoreNotFoundError):
-        EnrollmentStore(typo)
+        EnrolmentStore(typo)
     assert not typo.exists()
     assert verifier.enroll("bob", enrolled / "b.wav") == 1 and typo.exists()
     assert verifier.speakers() == ["bob"]
@@ -210,7 +210,7 @@ def test_artifact_sizes_are_checked_against_the_header_before_allocating(enrolle
     def must_not_build(*args, **kwargs):
         raise AssertionError("the model was built before its shapes were checked")
 
-    monkeypatch.setattr("speakertrip.models.artifact.model_from_config", must_not_build)
+    monkeypatch.setattr("speakertrip.models.loading.EmbeddingModel.from_config", must_not_build)
     with pytest.raises(FormatError, match=r"model.safetensors: weights do not match the model config; wrong shape: "
                                           r"encoder\.asp\.conv\.conv\.bias \(96,\) \(expected \(12000,\)\)"):
         st.load_model(directory)

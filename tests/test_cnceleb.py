@@ -11,7 +11,7 @@ import pytest
 from speakertrip.cli import main
 from speakertrip.corpora.cnceleb import prepare_cnceleb
 from speakertrip.errors import FormatError, KeyNotFoundError, SpeakertripError
-from speakertrip.extraction.store import EmbeddingStore, save_store
+from speakertrip.data.embedding_store import EmbeddingStore, save_store
 from speakertrip.scoring import read_scores
 from speakertrip.scoring.enrolment import enrolment_models, read_enrolment_map, with_enrolment_models
 from speakertrip.testing import make_cnceleb2_tree, make_cnceleb_tree

@@ -6,8 +6,8 @@ import torch
 from speakertrip.audio import load_audio, prepare_waveform, trim_silence
 from speakertrip.data.manifest import Utterance
 from speakertrip.errors import AudioError, ConfigError
-from speakertrip.extraction import EmbeddingModel
-from speakertrip.extraction.batched import embed_many, embed_one, split_chunks
+from speakertrip.models import EmbeddingModel
+from speakertrip.models.batched import embed_many, embed_one, split_chunks
 from speakertrip.features import FeatureConfig
 from speakertrip.testing import make_voxceleb_tree, speech_like, write_bad_audio
 

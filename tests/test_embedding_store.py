@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from speakertrip.errors import FormatError, KeyNotFoundError
-from speakertrip.extraction.store import EmbeddingStore, load_store, save_store
+from speakertrip.data.embedding_store import EmbeddingStore, load_store, save_store
 
 
 def make_store(count=6, dim=4, seed=0):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from speakertrip.cli import main
-from speakertrip.extraction import EmbeddingModel
+from speakertrip.models import EmbeddingModel
 from speakertrip.extraction.export import ExportableFrontend, export_onnx
 from speakertrip.features import FeatureConfig, LogMelFrontend
 

@@ -58,7 +58,7 @@ def test_finetune_end_to_end_and_resume(corpus, tmp_path, capsys):
 
 
 def _dev_eer(model, out) -> float:
-    from speakertrip.training.validation import validate
+    from speakertrip.evaluation.recording import validate
 
     return validate(model, read_manifest(out / "data" / "dev.jsonl"), out / "data" / "dev_trials.txt")["eer"]
 
@@ -97,8 +97,8 @@ def test_freeze_layers_and_bad_options(corpus, tmp_path):
     frozen, norms = freeze_layers(tdnn.encoder, 1)
     assert frozen == sum(p.numel() for p in frame_layers(tdnn.encoder)[0].parameters())
     assert norms and all(norm in list(frame_layers(tdnn.encoder)[0].modules()) for norm in norms)
-    with pytest.raises(ConfigError, match=r"steps, validate_every"):
-        FinetuneConfig(steps=0)
+    with pytest.raises(ConfigError, match=r"--steps must be >= 1, got 0"):  # before the data is read
+        finetune(model, tmp_path / "missing", tmp_path / "z", FinetuneConfig(steps=0))
     few = make_voxceleb_tree(tmp_path / "few", num_speakers=3, trial_list=False)
     assert main(["finetune", "--model", str(model), "--data", str(few), "--out", str(tmp_path / "x"),
                  "--dev-speakers", "2"]) == 2
@@ -138,7 +138,7 @@ def test_source_statistics_are_those_of_the_source_crops(corpus, tmp_path):
                          seed=step)
     torch.testing.assert_close(at_step.state_dict(), saved, rtol=0, atol=0)
     with pytest.raises(ConfigError, match=r"--source-statistics.*--source MANIFEST"):
-        FinetuneConfig(source_statistics=True)
+        finetune(model, data, tmp_path / "refused", FinetuneConfig(source_statistics=True))
 
 
 def test_freeze_statistics_keeps_every_batchnorm_statistic(corpus, tmp_path):
@@ -187,5 +187,5 @@ def test_interpolation_is_a_weight_space_ensemble_with_the_initial_model(corpus,
     assert tuned.evaluation["eer"] == pytest.approx(_dev_eer(tuned, out), abs=1e-9)
     assert json.loads((out / "finetune.json").read_text())["eer_after"] == pytest.approx(tuned.evaluation["eer"])
     for bad in (0.0, 1.5):
-        with pytest.raises(ConfigError, match=r"interpolation must be in \(0, 1\]"):
-            FinetuneConfig(interpolation=bad)
+        with pytest.raises(ConfigError, match=r"--interpolation must be in \(0, 1\]"):
+            finetune(model, data, tmp_path / "refused", FinetuneConfig(interpolation=bad))

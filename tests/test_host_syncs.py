@@ -10,7 +10,7 @@ from speakertrip.losses import build_loss
 from speakertrip.losses.selection import grouped_batch
 from speakertrip.training.config import load_config
 from speakertrip.training.distributed import Distributed
-from speakertrip.training.host_syncs import HostSyncCounter
+from speakertrip.testing.host_syncs import HostSyncCounter
 from speakertrip.training.metrics_log import MetricsLog
 from speakertrip.training.trainer import Trainer
 

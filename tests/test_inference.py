@@ -3,8 +3,8 @@ import pytest
 import torch
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 
-from speakertrip.extraction import EmbeddingModel
-from speakertrip.extraction.batched import embed_many
+from speakertrip.models import EmbeddingModel
+from speakertrip.models.batched import embed_many
 from speakertrip.features import FeatureConfig
 from speakertrip.models.inference_ecapa import InferenceEcapa, inference_model, reflect_taps
 from speakertrip.testing import speech_like

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from speakertrip.errors import ConfigError, FormatError, SpeakertripError
-from speakertrip.extraction import EmbeddingModel, load_model, load_speechbrain_checkpoint
+from speakertrip.models import EmbeddingModel, load_model, load_speechbrain_checkpoint
 from speakertrip.features import FeatureConfig
 from speakertrip.models import ENCODERS, build_encoder
 from speakertrip.models.tdnn import MaskedStatisticsPooling

@@ -66,7 +66,7 @@ def test_nan_file_skips_its_steps_and_the_model_stays_finite(corpus, tmp_path, c
     assert re.search(rf"^skipped steps +{len(skipped)} ", capsys.readouterr().out, re.M)
     for checkpoint in (exp / "checkpoints").glob("*.pt"):
         assert all_finite(load_checkpoint(checkpoint)["model"]), checkpoint
-    from speakertrip.extraction import load_model
+    from speakertrip.models import load_model
 
     model = load_model(exp / "model")
     assert all_finite(model.state_dict())

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from speakertrip.corpora.convert import find_ffmpeg
-from speakertrip.extraction.store import load_store
+from speakertrip.data.embedding_store import load_store
 from speakertrip.scoring import compute_metrics, read_scores, read_trials
 from speakertrip.scoring.enrolment import read_enrolment_map
 from speakertrip.testing import make_cnceleb2_tree, make_cnceleb_tree, make_voxceleb_tree

@@ -8,6 +8,7 @@ from scipy.optimize import minimize
 
 from speakertrip import scoring
 from speakertrip.errors import ConfigError, FormatError
+from speakertrip.evaluation import DevCalibration, DevScores, OperatingPointSummary
 
 
 def dev_set(seed=0, targets=300, nontargets=1200):
@@ -144,7 +145,7 @@ def test_thresholds_for_a_rate_match_enumeration(seed):
     labels = (rng.random(count) < 0.3).astype(int)
     labels[:2] = [0, 1]
     scores = np.round(rng.normal(labels * 1.5, 1.0), 1)  # many ties
-    summary = scoring.OperatingPointSummary.from_scores(scores, labels)
+    summary = OperatingPointSummary.from_scores(scores, labels)
     n_non, n_tar = (labels == 0).sum(), (labels == 1).sum()
     for rate in (1 / n_non, 0.01, 0.05, 0.1, 0.25, 0.5, 0.9):
         if rate * n_non >= 1:
@@ -160,7 +161,7 @@ def test_summary_of_a_large_dev_set_is_small_and_accurate():
     rng = np.random.default_rng(0)
     nontargets, targets = rng.normal(0.0, 0.1, 1_000_000), rng.normal(0.5, 0.1, 50_000)
     scores, labels = np.r_[targets, nontargets], np.repeat([1, 0], [len(targets), len(nontargets)])
-    summary = scoring.OperatingPointSummary.from_scores(scores, labels)
+    summary = OperatingPointSummary.from_scores(scores, labels)
     assert len(summary.nontargets.scores) + len(summary.targets.scores) < 4000
     for far in (0.2, 0.01, 0.003, 0.001, 1e-4, 1e-5):
         realised = np.mean(nontargets >= summary.threshold_for_far(far))
@@ -175,7 +176,7 @@ def test_summary_of_a_large_dev_set_is_small_and_accurate():
 
 def test_rates_and_summaries_are_validated(tmp_path):
     scores, labels = dev_set()
-    summary = scoring.OperatingPointSummary.from_scores(scores, labels)
+    summary = OperatingPointSummary.from_scores(scores, labels)
     for bad in (0, 0.0, 1, 1.5, -0.1, float("nan"), True, "0.01", None):
         with pytest.raises(ConfigError, match="far must be a rate strictly between 0 and 1"):
             summary.threshold_for_far(bad)
@@ -184,24 +185,25 @@ def test_rates_and_summaries_are_validated(tmp_path):
     with pytest.raises(ConfigError, match="frr=0.001 needs at least 1000 dev target trials"):
         summary.threshold_for_frr(0.001)
     data = summary.to_dict()
-    assert scoring.OperatingPointSummary.from_dict(data).to_dict() == data
+    assert OperatingPointSummary.from_dict(data).to_dict() == data
     broken = {**data, "targets": {**data["targets"], "scores": data["targets"]["scores"][::-1]}}
     with pytest.raises(FormatError, match="cfg.yaml: score summary 'targets' is inconsistent"):
-        scoring.OperatingPointSummary.from_dict(broken, "cfg.yaml")
+        OperatingPointSummary.from_dict(broken, "cfg.yaml")
     with pytest.raises(FormatError, match="must hold 'targets' and 'nontargets'"):
-        scoring.OperatingPointSummary.from_dict({"targets": data["targets"]})
+        OperatingPointSummary.from_dict({"targets": data["targets"]})
 
 
 def test_dev_calibration_round_trip():
     scores, labels, enroll, test = mixed_duration_trials()
-    dev = scoring.DevCalibration.fit(scores, labels, enroll, test)
-    again = scoring.DevCalibration.from_dict(dev.to_dict())
+    dev = DevCalibration.fit(DevScores(scores, labels, enroll, test))
+    again = DevCalibration.from_dict(dev.to_dict())
     assert again.to_dict() == dev.to_dict() and again.quality == dev.quality and again.linear == dev.linear
-    assert dev.eer == pytest.approx(scoring.eer(scores, labels))
+    legacy = {**dev.to_dict(), "eer": 0.1, "eer_threshold": 0.5}  # what artifacts recorded before: still read
+    assert DevCalibration.from_dict(legacy).to_dict() == dev.to_dict()
     np.testing.assert_allclose(dev.llr(scores, enroll, test), dev.quality(scores, enroll, test))
     np.testing.assert_allclose(dev.llr(scores), dev.linear(scores))
-    plain = scoring.DevCalibration.fit(scores, labels)
+    plain = DevCalibration.fit(DevScores(scores, labels))
     assert plain.quality is None and "quality" not in plain.to_dict()
-    assert scoring.DevCalibration.of_model({"eer": 0.1}) is None
+    assert DevCalibration.of_model({"eer": 0.1}) is None
     with pytest.raises(FormatError, match="evaluation.calibration must hold"):
-        scoring.DevCalibration.from_dict({"linear": {"scale": 1, "offset": 0}})
+        DevCalibration.from_dict({"linear": {"scale": 1, "offset": 0}})

@@ -7,7 +7,7 @@ import pytest
 
 from speakertrip import scoring
 from speakertrip.cli import main
-from speakertrip.extraction.store import EmbeddingStore, load_store, save_store
+from speakertrip.data.embedding_store import EmbeddingStore, load_store, save_store
 
 
 @pytest.fixture()

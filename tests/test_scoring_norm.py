@@ -5,7 +5,7 @@ import pytest
 
 from speakertrip import scoring
 from speakertrip.errors import ConfigError, FormatError, KeyNotFoundError
-from speakertrip.extraction.store import EmbeddingStore
+from speakertrip.data.embedding_store import EmbeddingStore
 from speakertrip.scoring.cosine import _cosine_scores_torch
 from speakertrip.scoring.norm import _cohort_stats_torch
 

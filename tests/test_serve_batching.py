@@ -8,7 +8,7 @@ import pytest
 
 import speakertrip as st
 from speakertrip.errors import AudioError
-from speakertrip.extraction import embed_many
+from speakertrip.models import embed_many
 from speakertrip.testing import speech_like, tiny_model_artifact
 from speakertrip.verification.batching import EmbeddingBatcher
 

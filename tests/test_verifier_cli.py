@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from speakertrip.cli import main
-from speakertrip.extraction import EmbeddingModel, find_items, load_model
-from speakertrip.extraction.store import load_store
+from speakertrip.models import EmbeddingModel, load_model
+from speakertrip.extraction import find_items
+from speakertrip.data.embedding_store import load_store
 from speakertrip.features import FeatureConfig
-from speakertrip.scoring import DevCalibration
+from speakertrip.evaluation import DevCalibration
 from speakertrip.testing import make_voxceleb_tree, write_bad_audio
 
 
@@ -138,9 +139,10 @@ def test_calibrate_a_model_then_verify_at_a_false_accept_rate(setup, dev_tree, c
     assert "duration-aware: yes" in out and f"wrote {calibrated}" in out
     assert {p.name: p.read_bytes() for p in model.iterdir()} == before  # the model is left unchanged
     original, copy = load_model(model), load_model(calibrated)
-    assert copy.identity == original.identity and copy.threshold == original.threshold
+    assert copy.identity == original.identity and copy.evaluation["trials"] == 276
+    assert copy.threshold != original.threshold  # the EER threshold of the calibration's dev trials, stored once
     dev = DevCalibration.of_model(copy.evaluation)
-    assert dev.trials == 276 and dev.quality is not None and copy.evaluation["calibration_trials"].endswith("trials.txt")
+    assert dev.trials == 276 and dev.quality is not None and copy.evaluation["dev_trials"].endswith("trials.txt")
 
     store = tmp_path / "s.db"
     assert run(capsys, "enroll", "--model", model, "--store", store, "alice", files[0])[0] == 0  # old model's store

@@ -7,10 +7,11 @@ import torch
 
 import speakertrip as st
 from speakertrip.errors import AudioError, ConfigError, FormatError, KeyNotFoundError
-from speakertrip.extraction import EmbeddingModel, load_model
+from speakertrip.evaluation import DevCalibration, DevScores, evaluate_dev
+from speakertrip.models import EmbeddingModel, load_model
 from speakertrip.features import FeatureConfig
 from speakertrip.testing import make_voxceleb_tree, write_bad_audio
-from speakertrip.verification.store import ModelMismatchError
+from speakertrip.verification.enrolment_store import ModelMismatchError
 from speakertrip.verification.verifier import Verifier
 
 
@@ -185,25 +186,30 @@ def test_processes_enrolling_at_once_persist_everything(artifact, model, files, 
 
 # ---- calibration, operating points and enrolment scoring -------------------------------------------------
 
-def dev_calibration(seed=0):
+def dev_scores_with_durations(seed=0):
     rng = np.random.default_rng(seed)
     labels = np.repeat([1, 0], [2000, 20000])
     seconds = rng.choice([1.0, 2.0, 6.0], len(labels))
     scores = rng.normal(np.where(labels, 0.7, 0.3), 0.1 / np.sqrt(seconds))
-    return st.scoring.DevCalibration.fit(scores, labels, seconds, seconds)
+    return scores, labels, seconds, seconds
+
+
+def dev_calibration(seed=0):
+    return DevCalibration.fit(DevScores(*dev_scores_with_durations(seed)))
 
 
 @pytest.fixture(scope="module")
 def calibrated_artifact(tmp_path_factory):
     model = tiny_model()
-    model.evaluation["calibration"] = dev_calibration().to_dict()
+    dev = DevScores(*dev_scores_with_durations())
+    model.evaluation.update(evaluate_dev(dev, "dev.txt").to_dict())
     return model.save(tmp_path_factory.mktemp("calibrated") / "model")
 
 
 def test_calibration_travels_with_the_artifact(calibrated_artifact, model, files, embeddings, tmp_path):
     calibrated = load_model(calibrated_artifact)
     assert calibrated.identity == model.identity  # the evaluation is not part of the identity
-    dev = st.scoring.DevCalibration.of_model(calibrated.evaluation)
+    dev = DevCalibration.of_model(calibrated.evaluation)
     assert dev.to_dict() == dev_calibration().to_dict()
     store = tmp_path / "s.db"
     Verifier(model, store=store).enroll("a", files["id10001"][:2])  # a store made with the uncalibrated model
@@ -217,7 +223,7 @@ def test_calibration_travels_with_the_artifact(calibrated_artifact, model, files
     assert result.llr == pytest.approx(float(dev.quality([result.cosine], seconds, seconds)[0]))
     assert result.accepted == (result.score >= verifier.threshold)
     assert Verifier(calibrated, store=store, frr=0.05).threshold == dev.scores.threshold_for_frr(0.05)
-    assert Verifier(calibrated, store=store).threshold == dev.eer_threshold  # default: the dev EER threshold
+    assert Verifier(calibrated, store=store).threshold == calibrated.evaluation["eer_threshold"]  # the dev EER's
     assert Verifier(calibrated, store=store, threshold=0.2).operating_point == "threshold"
     # identify decides "unknown" with the same operating point and reports the same LLR
     strict = Verifier(calibrated, store=store, far=0.001)

@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from speakertrip.errors import AudioError
 
 PathLike = Union[str, Path]
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the sample formats that can hold NaN or infinity
 COMMON_FORMATS = ("WAV", "FLAC", "OGG", "MP3", "AIFF", "CAF", "W64", "RF64")
-Signal = Union[np.ndarray, torch.Tensor]
-_INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.int8): 128.0,
-              torch.int16: 32768.0, torch.int32: 2147483648.0, torch.int8: 128.0}
+Signal = Union[np.ndarray, "torch.Tensor"]  # noqa: F821 - torch is imported only where a tensor can exist
+_INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0, np.dtype(np.int8): 128.0}
+
+
+def is_tensor(value: object) -> bool:
+    """True for a torch tensor, without importing torch (a tensor cannot exist before torch is imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 @dataclass(frozen=True)
@@ -92,13 +97,14 @@ def audio_info(path: PathLike) -> AudioInfo:
 def to_float(waves: Signal) -> Signal:
     """Integer PCM → float32 in [-1, 1); float input is returned as float32. Works on any device.
 
+    >>> import torch
     >>> to_float(torch.tensor([-32768, 16384], dtype=torch.int16)).tolist()
     [-1.0, 0.5]
     """
-    if isinstance(waves, torch.Tensor):
+    if is_tensor(waves):
         if waves.is_floating_point():
             return waves.float()
-        return waves.float() / _INT_SCALE[waves.dtype]
+        return waves.float() / (1 << (waves.element_size() * 8 - 1))
     waves = np.asarray(waves)
     if np.issubdtype(waves.dtype, np.floating):
         return waves.astype(np.float32, copy=False)
@@ -111,6 +117,7 @@ def resample(signal: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarr
     """Band-limited resampling with torchaudio; signal (T,) float32 → (T * target / sample_rate,)."""
     if sample_rate == target_rate:
         return signal
+    import torch
     import torchaudio.functional
 
     return torchaudio.functional.resample(torch.from_numpy(signal), sample_rate, target_rate).numpy()
@@ -135,7 +142,7 @@ def prepare_waveform(signal: Signal, sample_rate: int, target_rate: int | None =
     >>> prepare_waveform(np.ones((8000, 2), np.float32) * 0.1, 8000, 16000).shape
     (16000,)
     """
-    if isinstance(signal, torch.Tensor):
+    if is_tensor(signal):
         signal = signal.detach().cpu().numpy()
     signal = to_float(np.asarray(signal))
     if signal.size == 0:

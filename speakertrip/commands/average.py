@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from speakertrip.errors import SpeakertripError
-    from speakertrip.training.averaging import export_model, list_snapshots
+    from speakertrip.training.averaging import save_final_model, list_snapshots
     from speakertrip.training.config import load_config
     from speakertrip.training.distributed import resolve_device
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         if not paths:
             raise SpeakertripError(f"{args.exp_dir / 'checkpoints'}: no snapshot_*.pt to average")
     out = args.out or args.exp_dir / "model"
-    directory, evaluation = export_model(config, paths, out, validate_dev=not args.no_validate,
+    directory, evaluation = save_final_model(config, paths, out, validate_dev=not args.no_validate,
                                          device=resolve_device(args.device), progress=True)
     rows = [("averaged", ", ".join(str(path) for path in paths))]
     if "eer" in evaluation:

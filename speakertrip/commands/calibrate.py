@@ -67,15 +67,17 @@ def run_scores(args: argparse.Namespace) -> int:
 
 
 def run_model(args: argparse.Namespace) -> int:
-    from speakertrip.verification.calibrate import calibrate_model
+    from speakertrip.evaluation.recording import calibrate_model
 
-    dev = calibrate_model(args.model, args.trials, args.out, data=args.data, embeddings=args.embeddings,
-                          prior=args.prior, device=args.device, progress=True)
-    scores = dev.scores
-    quality = "yes" if dev.quality is not None else "no (no durations)"
-    print(f"dev trials      {dev.trials} ({scores.targets.count} targets, {scores.nontargets.count} non-targets)")
-    print(f"calibration     llr = {dev.linear.scale:.4g} * score {dev.linear.offset:+.4g}; duration-aware: {quality}")
-    print(f"dev EER         {100 * dev.eer:.3f} % at threshold {dev.eer_threshold:.4f}")
+    result = calibrate_model(args.model, args.trials, args.out, data=args.data, embeddings=args.embeddings,
+                             prior=args.prior, device=args.device, progress=True)
+    calibration, metrics = result.calibration, result.metrics
+    scores = calibration.scores
+    quality = "yes" if calibration.quality is not None else "no (no durations)"
+    print(f"dev trials      {calibration.trials} ({scores.targets.count} targets, {scores.nontargets.count} non-targets)")
+    print(f"calibration     llr = {calibration.linear.scale:.4g} * score {calibration.linear.offset:+.4g}; "
+          f"duration-aware: {quality}")
+    print(f"dev EER         {100 * metrics['eer']:.3f} % at threshold {metrics['eer_threshold']:.4f}")
     print(f"{'FAR target':<15} {'threshold':>9}  dev FRR")
     for far in (0.01, 0.001):
         if far * scores.nontargets.count >= 1:

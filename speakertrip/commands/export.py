@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.onnx is None and args.torchscript is None:
         raise ConfigError("nothing to do: give --onnx PATH and/or --torchscript PATH")
-    from speakertrip.extraction import load_model
+    from speakertrip.models import load_model
     from speakertrip.extraction.export import ONNX_OPSET, export_onnx, export_torchscript
 
     model = load_model(args.model)

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from speakertrip.errors import ConfigError, FormatError
-    from speakertrip.extraction.store import load_store
+    from speakertrip.data.embedding_store import load_store
     from speakertrip.scoring import (
         Calibration,
         cosine_scores,

@@ -84,12 +84,12 @@ def run(args: argparse.Namespace) -> int:
         _announce(service.model.identity, service.threshold, len(service.verifier().store), settings, 1)
         uvicorn.run(app, **options)
         return 0
-    from speakertrip.extraction import load_model
-    from speakertrip.verification.store import EnrollmentStore
+    from speakertrip.models import load_model
+    from speakertrip.verification.enrolment_store import EnrolmentStore
     from speakertrip.verification.verifier import Verifier
 
     model = load_model(settings.model, settings.device)
-    store = EnrollmentStore(settings.store, model.identity, model.embedding_dim)  # a service may start empty
+    store = EnrolmentStore(settings.store, model.identity, model.embedding_dim)  # a service may start empty
     verifier = Verifier(model, store=store, threshold=settings.threshold, norm=settings.norm)  # the model check
     _announce(verifier.model.identity, verifier.threshold, len(verifier.store), settings, args.workers)
     verifier.store.close()

@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _verifier(args: argparse.Namespace):
-    from speakertrip.extraction import load_model
+    from speakertrip.models import load_model
     from speakertrip.verification.verifier import Verifier
 
     return Verifier(load_model(args.model, device=args.device), store=args.store, threshold=args.threshold,
@@ -125,9 +125,9 @@ def run_identify(args: argparse.Namespace) -> int:
 
 
 def run_speakers(args: argparse.Namespace) -> int:
-    from speakertrip.verification.store import EnrollmentStore
+    from speakertrip.verification.enrolment_store import EnrolmentStore
 
-    with EnrollmentStore(args.store, create=False) as store:
+    with EnrolmentStore(args.store, create=False) as store:
         speakers = store.speakers()
         print(f"{args.store}: {len(speakers)} speaker(s), model {store.model_identity}, "
               f"{store.embedding_dim}-d, cohort of {len(store.cohort())}")

@@ -16,8 +16,8 @@ from torch import nn
 
 from speakertrip.data.manifest import read_manifest
 from speakertrip.errors import SpeakertripError
-from speakertrip.extraction.batched import embed_many, item_duration
-from speakertrip.extraction.store import EmbeddingStore, load_store, save_store
+from speakertrip.models.batched import embed_many, item_duration
+from speakertrip.data.embedding_store import EmbeddingStore, load_store, save_store
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -36,6 +36,25 @@ def find_items(data: str | Path) -> tuple[list[str], list]:
     if not utterances:
         raise SpeakertripError(f"{data}: the manifest lists no utterances")
     return [u.utt_id for u in utterances], utterances
+
+
+def embed_across_ranks(model: nn.Module, items: list, rank: int = 0, world_size: int = 1,
+                       **options: Any) -> np.ndarray:
+    """Embeddings (N, D) of ``items`` on every rank: each of ``world_size`` ranks (an initialised process group
+    when > 1; every rank calls it) embeds every ``world_size``-th item and the rows are all-gathered."""
+    shard = embed_many(model, items[rank::world_size], **options)
+    if world_size == 1:
+        return shard
+    import torch.distributed as dist
+
+    shards: list[Any] = [None] * world_size
+    dist.all_gather_object(shards, shard)
+    filled = next(rows for rows in shards if len(rows))
+    whole = np.empty((len(items), filled.shape[1]), dtype=filled.dtype)
+    for index, rows in enumerate(shards):
+        if len(rows):
+            whole[index::world_size] = rows
+    return whole
 
 
 def shard_path(out: Path, rank: int) -> Path:

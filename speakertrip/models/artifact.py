@@ -1,36 +1,41 @@
-"""Model artifacts as data: ``config.yaml`` + ``model.safetensors``; SpeechBrain checkpoints in.
+"""The model artifact format: ``config.yaml`` + ``model.safetensors``, read and written as data.
 
 Loading never runs code from a file: YAML is read with ``safe_load``, weights with safetensors
-(or ``torch.load(weights_only=True)`` for ``.pt``/``.ckpt`` state dicts).
+(or ``torch.load(weights_only=True)`` for ``.pt``/``.ckpt`` state dicts). A model's identity is a
+digest of its config (``evaluation`` aside) and weights. The model class is
+:class:`speakertrip.models.EmbeddingModel`; :func:`speakertrip.models.load_model` reads an artifact.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping
 
 import torch
 import yaml
+from torch import nn
 
 from speakertrip.atomic import atomic_write
 from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 from speakertrip.features import FeatureConfig, LogMelFrontend
-from speakertrip.models.embedding_model import ARTIFACT_FORMAT, ARTIFACT_VERSION, EmbeddingNetwork
 from speakertrip.models.encoder import build_encoder
 from speakertrip.plain_yaml import plain_data
 
+ARTIFACT_FORMAT = "speakertrip-model"
+ARTIFACT_VERSION = 1
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 TORCH_WEIGHTS_FILE = "model.pt"
-Network = TypeVar("Network", bound=EmbeddingNetwork)
 CONFIG_KEYS = ("format", "version", "features", "encoder", "embedding_dim", "evaluation")
 ENCODER_KEYS = ("name", "options")
 
 
-def save_model(model: EmbeddingNetwork, directory: str | Path) -> Path:
-    """Write the artifact of ``model`` into ``directory`` (created; both files replaced atomically, or
+def save_model(model: nn.Module, directory: str | Path) -> Path:
+    """Write the artifact of ``model`` (an :class:`~speakertrip.models.EmbeddingModel`) into ``directory`` (created; both files replaced atomically, or
     neither when writing fails: SpeakertripError naming the folder, e.g. on a full disk).
 
     Weights holding NaN or infinity are refused (SpeakertripError naming them); nothing is written.
@@ -68,21 +73,6 @@ def _nonfinite_tensors(state: Mapping[str, Any]) -> list[str]:
         elif isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
             found.append(str(key))
     return found
-
-
-def model_from_config(config: Any, source: str | Path = "config",
-                      network_class: type[Network] = EmbeddingNetwork) -> Network:
-    """Build an untrained ``network_class`` (an :class:`EmbeddingNetwork`) from an artifact config.
-
-    Every key and type is checked first (:func:`check_config`); errors name ``source`` and the key.
-    """
-    check_config(config, source)
-    encoder = config["encoder"]
-    try:
-        return network_class(FeatureConfig.from_dict(config["features"]), encoder["name"],
-                             encoder.get("options") or {}, config.get("evaluation") or {})
-    except ConfigError as error:
-        raise FormatError(str(error), source) from None
 
 
 def check_config(config: Any, source: str | Path = "config") -> None:
@@ -196,17 +186,17 @@ def check_shapes(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tu
         raise FormatError("weights do not match the model config; " + "; ".join(problems), source)
 
 
-def load_network(directory: str | Path, device: str | torch.device = "cpu",
-                 network_class: type[Network] = EmbeddingNetwork) -> Network:
-    """Read an artifact written by :meth:`EmbeddingNetwork.save`; returns the network in eval mode.
+def read_artifact(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The checked config and the weights of the artifact in ``directory``.
 
-    ``st.load_model`` (:func:`speakertrip.extraction.load_model`) is this with the class that embeds files.
+    The config is checked key by key and against the shapes in the weights' header before any
+    weight is read (a config claiming ``channels: 4000`` fails without allocating anything).
     """
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise SpeakertripError(f"{directory}: no model artifact here (expected {CONFIG_FILE} and {WEIGHTS_FILE}, "
-                               "as written by `speakertrip train` or EmbeddingNetwork.save)")
+                               "as written by `speakertrip train` or EmbeddingModel.save)")
     try:
         config = yaml.safe_load(config_path.read_text())
     except yaml.YAMLError as error:
@@ -218,70 +208,27 @@ def load_network(directory: str | Path, device: str | torch.device = "cpu",
         raise SpeakertripError(f"{directory}: {CONFIG_FILE} found but no {WEIGHTS_FILE} (or {TORCH_WEIGHTS_FILE})")
     expected, embedding_dim = declared_shapes(config, config_path)
     header = weight_shapes(weights)
-    if header is not None:  # before anything is allocated: a config claiming channels: 4000 fails here
+    if header is not None:
         check_shapes(expected, header, weights)
     if config.get("embedding_dim", embedding_dim) != embedding_dim:
         raise FormatError(f"key 'embedding_dim' is {config['embedding_dim']}, but the encoder it describes makes "
                           f"{embedding_dim}-d embeddings", config_path)
-    model = model_from_config(config, config_path, network_class)
-    load_state(model, read_weights(weights), weights)
-    return model.to(device).eval()
+    state = read_weights(weights)
+    check_shapes(expected, {key: tuple(value.shape) for key, value in state.items()}, weights)
+    return config, state
 
 
-def _speechbrain_encoder(state: Mapping[str, torch.Tensor], source: Path) -> tuple[str, int, dict[str, Any]]:
-    """(encoder name, n_mels, options) matching the shapes of a SpeechBrain ECAPA or x-vector state dict."""
-    shape = lambda key: tuple(state[key].shape)  # noqa: E731
-    if "asp_bn.norm.weight" in state and "blocks.0.conv.conv.weight" in state:
-        channels, n_mels = shape("blocks.0.conv.conv.weight")[:2]
-        options = {"channels": channels, "embedding_dim": shape("fc.conv.weight")[0],
-                   "attention_channels": shape("asp.tdnn.conv.conv.weight")[0],
-                   "se_channels": shape("blocks.1.se_block.conv1.conv.weight")[0],
-                   "res2net_scale": channels // shape("blocks.1.res2net_block.blocks.0.conv.conv.weight")[0],
-                   "global_context": shape("asp.tdnn.conv.conv.weight")[1] == 9 * channels}
-        return "ecapa", n_mels, options
-    if "blocks.0.conv.weight" in state and "blocks.16.w.weight" in state:
-        channels, n_mels = shape("blocks.0.conv.weight")[:2]
-        options = {"channels": channels, "stats_channels": shape("blocks.12.conv.weight")[0],
-                   "embedding_dim": shape("blocks.16.w.weight")[0]}
-        return "tdnn", n_mels, options
-    raise FormatError("not a SpeechBrain ECAPA_TDNN or Xvector state dict "
-                      "(expected keys like 'blocks.0.conv.conv.weight' and 'asp_bn.norm.weight')", source)
+def weights_stamp(state: Mapping[str, torch.Tensor]) -> tuple:
+    """Changes whenever a tensor of ``state`` is written in place, replaced or moved to another device."""
+    return tuple((key, value.data_ptr(), value._version, value.device) for key, value in state.items())
 
 
-def load_speechbrain_checkpoint(path: str | Path, feature_config: FeatureConfig | None = None,
-                                device: str | torch.device = "cpu",
-                                network_class: type[Network] = EmbeddingNetwork) -> Network:
-    """An :class:`EmbeddingNetwork` (or ``network_class``) holding a SpeechBrain ``embedding_model.ckpt`` (ECAPA_TDNN or Xvector).
-
-    The encoder's size is read from the tensor shapes (spkrec-ecapa-voxceleb: ECAPA C=1024,
-    80 mels, 192-d). Features default to ``FeatureConfig.speechbrain(n_mels=...)``, what
-    SpeechBrain's recipes compute, so the embeddings match SpeechBrain's before fine-tuning.
-
-    >>> model = load_speechbrain_checkpoint("spkrec-ecapa-voxceleb/embedding_model.ckpt")  # doctest: +SKIP
-    >>> model.encoder_options["channels"], model.embedding_dim  # doctest: +SKIP
-    (1024, 192)
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SpeakertripError(f"{path}: no such checkpoint file")
-    state = read_weights(path)
-    name, n_mels, options = _speechbrain_encoder(state, path)
-    feature_config = feature_config or FeatureConfig.speechbrain(n_mels=n_mels)
-    if feature_config.n_mels != n_mels:
-        raise ConfigError(f"{path}: the checkpoint expects {n_mels} mel bins, the feature config has "
-                          f"{feature_config.n_mels}")
-    model = network_class(feature_config, name, options)
-    load_state(model.encoder, state, path)
-    return model.to(device)
-
-
-def initialise(model: EmbeddingNetwork, source: str | Path) -> None:
-    """Load ``model.init_from``: a speakertrip model directory (all weights) or a SpeechBrain
-    ``embedding_model.ckpt`` (encoder weights)."""
-    source = Path(source)
-    if source.is_dir():
-        load_state(model, load_network(source).state_dict(), source)
-    elif source.is_file():
-        load_state(model.encoder, read_weights(source), source)
-    else:
-        raise ConfigError(f"model.init_from: {source} is neither a model directory nor a checkpoint file")
+def identity_digest(config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> str:
+    """A hex digest of ``config`` (``evaluation`` aside) and every tensor of ``state``."""
+    described = {key: value for key, value in config.items() if key != "evaluation"}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]

@@ -1,28 +1,28 @@
-"""`EmbeddingNetwork`: the log-mel frontend, an encoder and L2 normalisation, with its config.
+"""`EmbeddingModel`: the log-mel frontend, an encoder and L2 normalisation, with its config.
 
-What training builds and a model artifact holds; :class:`speakertrip.extraction.EmbeddingModel`
-(what ``st.load_model`` returns) adds ``embed`` and ``embed_batch`` on top.
+The one model class: what training builds, what a model artifact holds and what ``st.load_model``
+returns. ``embed`` and ``embed_batch`` embed files, arrays and tensors (:mod:`speakertrip.models.batched`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speakertrip.errors import ConfigError, FormatError
 from speakertrip.features import FeatureConfig, LogMelFrontend
+from speakertrip.models.artifact import (ARTIFACT_FORMAT, ARTIFACT_VERSION, check_config, identity_digest,
+                                         save_model, weights_stamp)
+from speakertrip.models.batched import embed_many, embed_one
 from speakertrip.models.encoder import build_encoder
 
-ARTIFACT_FORMAT = "speakertrip-model"
-ARTIFACT_VERSION = 1
 
-
-class EmbeddingNetwork(nn.Module):
+class EmbeddingModel(nn.Module):
     """Waveforms → L2-normalised speaker embeddings.
 
     Parameters
@@ -30,12 +30,14 @@ class EmbeddingNetwork(nn.Module):
     feature_config : FeatureConfig or its dict (default ``FeatureConfig()``)
     encoder_name : a name in :data:`speakertrip.models.ENCODERS` (``"ecapa"``, ``"tdnn"``)
     encoder_options : keyword options of that encoder's builder (``{"channels": 1024}``)
-    evaluation : dev-set results recorded by the trainer (``eer``, ``eer_threshold``,
-        ``min_dcf_0.01``, ``min_dcf_0.01_threshold``, ...); saved in the artifact's config
+    evaluation : dev-set results recorded by training or calibration (``eer``, ``eer_threshold``,
+        ``min_dcf_0.01``, ``calibration``, ...; see :mod:`speakertrip.evaluation`); saved in the artifact's config
 
-    >>> model = EmbeddingNetwork(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()
+    >>> model = EmbeddingModel(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()
     >>> model(torch.randn(2, 16000), torch.tensor([16000, 12000])).shape
     torch.Size([2, 192])
+    >>> model.embed(0.01 * np.random.randn(8000).astype(np.float32), sample_rate=16000).shape
+    (192,)
     """
 
     def __init__(self, feature_config: FeatureConfig | Mapping[str, Any] | None = None, encoder_name: str = "ecapa",
@@ -51,6 +53,18 @@ class EmbeddingNetwork(nn.Module):
         self.evaluation: dict[str, Any] = dict(evaluation or {})
         self._identity: tuple[tuple, str] | None = None
 
+    @classmethod
+    def from_config(cls, config: Any, source: str | Path = "config") -> EmbeddingModel:
+        """An untrained model from an artifact config; every key and type is checked first (errors name
+        ``source`` and the key)."""
+        check_config(config, source)
+        encoder = config["encoder"]
+        try:
+            return cls(FeatureConfig.from_dict(config["features"]), encoder["name"], encoder.get("options") or {},
+                       config.get("evaluation") or {})
+        except ConfigError as error:
+            raise FormatError(str(error), source) from None
+
     @property
     def embedding_dim(self) -> int:
         return int(self.encoder.embedding_dim)
@@ -65,7 +79,7 @@ class EmbeddingNetwork(nn.Module):
 
     @property
     def threshold(self) -> float | None:
-        """The dev-set EER threshold on cosine scores recorded by the trainer, or None."""
+        """The dev-set EER threshold on cosine scores recorded in ``evaluation``, or None."""
         value = self.evaluation.get("eer_threshold")
         return None if value is None else float(value)
 
@@ -94,6 +108,14 @@ class EmbeddingNetwork(nn.Module):
             features, frame_lengths = self.frontend(waveforms, lengths)
         return F.normalize(self.encoder(features, frame_lengths).float(), dim=-1)
 
+    def embed(self, x: Any, sample_rate: int | None = None) -> np.ndarray:
+        """One utterance (path, array or tensor) → (D,) float32 embedding; see :func:`embed_one`."""
+        return embed_one(self, x, sample_rate)
+
+    def embed_batch(self, items: Sequence[Any], **options: Any) -> np.ndarray:
+        """Many utterances → (N, D) float32 embeddings, bucketed by length; see :func:`embed_many`."""
+        return embed_many(self, items, **options)
+
     @property
     def identity(self) -> str:
         """A hex digest of the config (evaluation aside) and every weight: equal iff embeddings are equal.
@@ -104,26 +126,9 @@ class EmbeddingNetwork(nn.Module):
         state = self.state_dict()
         stamp = weights_stamp(state)
         if self._identity is None or self._identity[0] != stamp:
-            self._identity = (stamp, _digest(self.config, state))
+            self._identity = (stamp, identity_digest(self.config, state))
         return self._identity[1]
 
     def save(self, directory: str | Path) -> Path:
         """Write ``config.yaml`` and ``model.safetensors`` into ``directory``; returns it."""
-        from speakertrip.models.artifact import save_model
-
         return save_model(self, directory)
-
-
-def weights_stamp(state: Mapping[str, torch.Tensor]) -> tuple:
-    """Changes whenever a tensor of ``state`` is written in place, replaced or moved to another device."""
-    return tuple((key, value.data_ptr(), value._version, value.device) for key, value in state.items())
-
-
-def _digest(config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> str:
-    described = {key: value for key, value in config.items() if key != "evaluation"}
-    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:32]

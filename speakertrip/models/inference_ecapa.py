@@ -13,12 +13,12 @@ rounding, ~1e-6 on unit embeddings) for a padded batch as if every row ran alone
   constant, saving two thirds of that layer's multiply-adds;
 - masks and means use integer frame lengths, so no padded frame reaches a valid one.
 
-:func:`inference_model` returns (and caches) the optimised copy of an ``EmbeddingNetwork`` whose
-encoder is ECAPA, or None for other encoders; :mod:`speakertrip.extraction.batched` uses it when it can.
+:func:`inference_model` returns (and caches) the optimised copy of an ``EmbeddingModel`` whose
+encoder is ECAPA, or None for other encoders; :mod:`speakertrip.models.batched` uses it when it can.
 
 >>> from speakertrip.features import FeatureConfig
->>> from speakertrip.models import EmbeddingNetwork
->>> model = EmbeddingNetwork(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()
+>>> from speakertrip.models import EmbeddingModel
+>>> model = EmbeddingModel(FeatureConfig(n_mels=40), "ecapa", {"channels": 32}).eval()
 >>> fast = inference_model(model)
 >>> fast(torch.randn(2, 16000), torch.tensor([16000, 9000])).shape
 torch.Size([2, 192])
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speakertrip.models.embedding_model import weights_stamp
+from speakertrip.models.artifact import weights_stamp
 
 
 def reflect_taps(lengths: torch.Tensor, frames: int, kernel_size: int, dilation: int) -> torch.Tensor:
@@ -196,7 +196,7 @@ class InferenceEcapa(nn.Module):
 
 
 class InferenceModel(nn.Module):
-    """An ``EmbeddingNetwork`` with its ECAPA encoder replaced by :class:`InferenceEcapa` (eval only).
+    """An ``EmbeddingModel`` with its ECAPA encoder replaced by :class:`InferenceEcapa` (eval only).
 
     forward(waveforms (B, T), lengths (B,) | None) -> (B, D) L2-normalised, like the model's.
     """
@@ -208,7 +208,7 @@ class InferenceModel(nn.Module):
         self.embedding_dim, self.sample_rate = model.embedding_dim, model.sample_rate
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.autocast(waveforms.device.type, enabled=False):  # as EmbeddingNetwork: features in float32
+        with torch.autocast(waveforms.device.type, enabled=False):  # as EmbeddingModel: features in float32
             features, frame_lengths = self.frontend(waveforms, lengths)
         return F.normalize(self.encoder(features, frame_lengths).float(), dim=-1)
 

@@ -26,10 +26,10 @@ from typing import Any, Mapping
 
 import torch
 
-from speakertrip.errors import FormatError, SpeakertripError
+from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 from speakertrip.features import FeatureConfig
-from speakertrip.models.artifact import Network, load_speechbrain_checkpoint
-from speakertrip.models.embedding_model import EmbeddingNetwork
+from speakertrip.models.artifact import load_state, read_weights
+from speakertrip.models.embedding_model import EmbeddingModel
 from speakertrip.models.safe_hyperparams import Tagged, read_hyperparams, resolve
 from speakertrip.plain_yaml import write_yaml
 
@@ -141,7 +141,7 @@ def describe_speechbrain(hparams: dict[str, Any], path: Path) -> SpeechBrainSpec
     return SpeechBrainSpec(features, encoder, settings, embedding_norm)
 
 
-def _check_encoder(model: EmbeddingNetwork, spec: SpeechBrainSpec, path: Path) -> None:
+def _check_encoder(model: EmbeddingModel, spec: SpeechBrainSpec, path: Path) -> None:
     """The checkpoint's shapes must agree with what ``hyperparams.yaml`` declares."""
     settings, options = spec.encoder_settings, model.encoder_options
     if spec.encoder == "ecapa":
@@ -161,7 +161,7 @@ def _check_encoder(model: EmbeddingNetwork, spec: SpeechBrainSpec, path: Path) -
                                   f"{found[name]!r}", path)
 
 
-def _fold_embedding_norm(model: EmbeddingNetwork, spec: SpeechBrainSpec, path: Path) -> None:
+def _fold_embedding_norm(model: EmbeddingModel, spec: SpeechBrainSpec, path: Path) -> None:
     """Fold ``mean_var_norm_emb`` (global mean, optionally std) into the encoder's last affine layer."""
     settings = spec.embedding_norm or {}
     if settings.get("norm_type") != "global" or not settings.get("mean_norm", True):
@@ -205,9 +205,55 @@ def speechbrain_folder(source: str | Path, embedding_norm: bool = False,
     return folder
 
 
-def import_speechbrain(source: str | Path, embedding_norm: bool = False, cache_dir: str | Path | None = None,
-                       network_class: type[Network] = EmbeddingNetwork) -> Network:
-    """A SpeechBrain speaker model (hub id, or a folder in the hub's layout) as a speakertrip network, in eval mode.
+def _speechbrain_encoder(state: Mapping[str, torch.Tensor], source: Path) -> tuple[str, int, dict[str, Any]]:
+    """(encoder name, n_mels, options) matching the shapes of a SpeechBrain ECAPA or x-vector state dict."""
+    shape = lambda key: tuple(state[key].shape)  # noqa: E731
+    if "asp_bn.norm.weight" in state and "blocks.0.conv.conv.weight" in state:
+        channels, n_mels = shape("blocks.0.conv.conv.weight")[:2]
+        options = {"channels": channels, "embedding_dim": shape("fc.conv.weight")[0],
+                   "attention_channels": shape("asp.tdnn.conv.conv.weight")[0],
+                   "se_channels": shape("blocks.1.se_block.conv1.conv.weight")[0],
+                   "res2net_scale": channels // shape("blocks.1.res2net_block.blocks.0.conv.conv.weight")[0],
+                   "global_context": shape("asp.tdnn.conv.conv.weight")[1] == 9 * channels}
+        return "ecapa", n_mels, options
+    if "blocks.0.conv.weight" in state and "blocks.16.w.weight" in state:
+        channels, n_mels = shape("blocks.0.conv.weight")[:2]
+        options = {"channels": channels, "stats_channels": shape("blocks.12.conv.weight")[0],
+                   "embedding_dim": shape("blocks.16.w.weight")[0]}
+        return "tdnn", n_mels, options
+    raise FormatError("not a SpeechBrain ECAPA_TDNN or Xvector state dict "
+                      "(expected keys like 'blocks.0.conv.conv.weight' and 'asp_bn.norm.weight')", source)
+
+
+def load_speechbrain_checkpoint(path: str | Path, feature_config: FeatureConfig | None = None,
+                                device: str | torch.device = "cpu") -> EmbeddingModel:
+    """An :class:`EmbeddingModel` holding a SpeechBrain ``embedding_model.ckpt`` (ECAPA_TDNN or Xvector).
+
+    The encoder's size is read from the tensor shapes (spkrec-ecapa-voxceleb: ECAPA C=1024,
+    80 mels, 192-d). Features default to ``FeatureConfig.speechbrain(n_mels=...)``, what
+    SpeechBrain's recipes compute, so the embeddings match SpeechBrain's before fine-tuning.
+
+    >>> model = load_speechbrain_checkpoint("spkrec-ecapa-voxceleb/embedding_model.ckpt")  # doctest: +SKIP
+    >>> model.encoder_options["channels"], model.embedding_dim  # doctest: +SKIP
+    (1024, 192)
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SpeakertripError(f"{path}: no such checkpoint file")
+    state = read_weights(path)
+    name, n_mels, options = _speechbrain_encoder(state, path)
+    feature_config = feature_config or FeatureConfig.speechbrain(n_mels=n_mels)
+    if feature_config.n_mels != n_mels:
+        raise ConfigError(f"{path}: the checkpoint expects {n_mels} mel bins, the feature config has "
+                          f"{feature_config.n_mels}")
+    model = EmbeddingModel(feature_config, name, options)
+    load_state(model.encoder, state, path)
+    return model.to(device)
+
+
+def import_speechbrain(source: str | Path, embedding_norm: bool = False,
+                       cache_dir: str | Path | None = None) -> EmbeddingModel:
+    """A SpeechBrain speaker model (hub id, or a folder in the hub's layout) as a speakertrip model, in eval mode.
 
     Parameters
     ----------
@@ -220,7 +266,7 @@ def import_speechbrain(source: str | Path, embedding_norm: bool = False, cache_d
     hparams_path = folder / HYPERPARAMS_FILE
     spec = describe_speechbrain(read_hyperparams(hparams_path.read_text(encoding="utf-8"), hparams_path),
                                 hparams_path)
-    model = load_speechbrain_checkpoint(folder / EMBEDDING_FILE, spec.features, network_class=network_class)
+    model = load_speechbrain_checkpoint(folder / EMBEDDING_FILE, spec.features)
     _check_encoder(model, spec, hparams_path)
     if embedding_norm:
         _fold_embedding_norm(model, spec, folder / EMBEDDING_NORM_FILE)
@@ -228,7 +274,7 @@ def import_speechbrain(source: str | Path, embedding_norm: bool = False, cache_d
 
 
 def import_to_artifact(source: str | Path, out: str | Path, embedding_norm: bool = False,
-                       cache_dir: str | Path | None = None) -> tuple[EmbeddingNetwork, Path]:
+                       cache_dir: str | Path | None = None) -> tuple[EmbeddingModel, Path]:
     """Import ``source`` and save it as a speakertrip artifact in ``out``, with ``imported_from.yaml``
     (the source and the SHA-256 of each file read); returns the model and ``out``."""
     folder = speechbrain_folder(source, embedding_norm, cache_dir)

@@ -14,9 +14,8 @@ Kaldi do. Every metric is exact with tied scores and comes from one sort. Scores
 from __future__ import annotations
 
 from speakertrip.scoring.bootstrap import bootstrap_intervals
-from speakertrip.scoring.calibration import (Calibration, QualityCalibration, train_calibration,
-                                             train_quality_calibration)
-from speakertrip.scoring.dev_calibration import DevCalibration
+from speakertrip.scoring.calibration import (Calibration, QualityCalibration, fit_calibration,
+                                             fit_quality_calibration, train_calibration, train_quality_calibration)
 from speakertrip.scoring.cllr import cllr, min_cllr, rocch_eer
 from speakertrip.scoring.cohort import load_cohort, speaker_means, voxceleb_speaker
 from speakertrip.scoring.cosine import (TrialEmbeddings, cosine_scores, find_missing, l2_normalize, score_trials,
@@ -26,7 +25,6 @@ from speakertrip.scoring.metrics import act_dcf, bayes_threshold, eer, min_dcf
 from speakertrip.scoring.norm import (NORM_METHODS, CohortStats, apply_norm, cohort_stats, normalize_scores,
                                       normalize_trial_scores)
 from speakertrip.scoring.operating_points import OperatingPoints, ScoreGroups, check_trials, operating_points
-from speakertrip.scoring.score_summary import OperatingPointSummary, ScoreSummary
 from speakertrip.scoring.report import VerificationMetrics, compute_metrics, metrics_table
 from speakertrip.scoring.score_files import ScoreList, format_scores, read_scores, write_scores
 from speakertrip.data.trials import Trials, read_trials
@@ -38,6 +36,6 @@ __all__ = [
     "format_scores", "score_trials", "cosine_scores", "trial_embeddings", "TrialEmbeddings", "find_missing",
     "l2_normalize", "NORM_METHODS", "CohortStats", "cohort_stats", "apply_norm", "normalize_scores",
     "normalize_trial_scores", "load_cohort", "speaker_means", "voxceleb_speaker", "Calibration",
-    "train_calibration", "QualityCalibration", "train_quality_calibration", "DevCalibration",
-    "OperatingPointSummary", "ScoreSummary", "det_points", "plot_det",
+    "train_calibration", "fit_calibration", "QualityCalibration", "train_quality_calibration",
+    "fit_quality_calibration", "det_points", "plot_det",
 ]

@@ -169,8 +169,12 @@ def train_calibration(scores: np.ndarray, labels: np.ndarray, prior: float = 0.5
     >>> round(calibration.scale, 1), round(calibration.offset, 1)
     (2.0, -2.0)
     """
+    return fit_calibration(*check_trials(scores, labels, source), prior)
+
+
+def fit_calibration(scores: np.ndarray, labels: np.ndarray, prior: float = 0.5) -> Calibration:
+    """:func:`train_calibration` on trials already checked by :func:`~speakertrip.scoring.check_trials`."""
     logit = _prior_logit(prior)
-    scores, labels = check_trials(scores, labels, source)
     weights, bias = fit_logistic(scores[:, None], labels, prior)
     return Calibration(float(weights[0]), bias - logit)
 
@@ -187,8 +191,13 @@ def train_quality_calibration(scores: np.ndarray, labels: np.ndarray, enroll_sec
     >>> calibration.scale_per_log_second > 0
     True
     """
+    return fit_quality_calibration(*check_trials(scores, labels, source), enroll_seconds, test_seconds, prior)
+
+
+def fit_quality_calibration(scores: np.ndarray, labels: np.ndarray, enroll_seconds: Any, test_seconds: Any,
+                            prior: float = 0.5) -> QualityCalibration:
+    """:func:`train_quality_calibration` on trials already checked by :func:`~speakertrip.scoring.check_trials`."""
     logit = _prior_logit(prior)
-    scores, labels = check_trials(scores, labels, source)
     enroll_seconds, test_seconds = (np.broadcast_to(np.asarray(s, dtype=np.float64), scores.shape)
                                     for s in (enroll_seconds, test_seconds))
     shorter = np.minimum(enroll_seconds, test_seconds)

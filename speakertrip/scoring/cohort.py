@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from speakertrip.errors import FormatError
-from speakertrip.extraction.store import EmbeddingStore, load_store
+from speakertrip.data.embedding_store import EmbeddingStore, load_store
 from speakertrip.scoring.cosine import l2_normalize
 
 _CHUNK_ROWS = 65536

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from speakertrip.errors import FormatError, KeyNotFoundError
-from speakertrip.extraction.store import EmbeddingStore, describe_missing
+from speakertrip.data.embedding_store import EmbeddingStore, describe_missing
 from speakertrip.data.trials import Trials
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from speakertrip.data.text_rows import TextRows
 from speakertrip.errors import ConfigError, FormatError, KeyNotFoundError
-from speakertrip.extraction.store import EmbeddingStore
+from speakertrip.data.embedding_store import EmbeddingStore
 from speakertrip.scoring.cosine import l2_normalize
 
 ENROLMENT_SCORINGS = ("centroid", "mean", "max", "top3")

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from speakertrip.data.manifest import Utterance
-from speakertrip.errors import ConfigError, SpeakertripError
-from speakertrip.models import EmbeddingNetwork
+from speakertrip.data.manifest import read_manifest
+from speakertrip.errors import SpeakertripError
+from speakertrip.evaluation.dev_scores import score_dev_trials
+from speakertrip.evaluation.recording import evaluate_dev
 from speakertrip.models.artifact import check_finite
-from speakertrip.scoring.dev_calibration import KEY as CALIBRATION_KEY
-from speakertrip.scoring.dev_calibration import DevCalibration
+from speakertrip.models.embedding_model import EmbeddingModel
+from speakertrip.models.loading import initialise
 from speakertrip.training.batchnorm import reestimate_batchnorm
 from speakertrip.training.checkpoint import average_state_dicts, interpolate_state_dicts, load_checkpoint
 from speakertrip.training.config import TrainConfig
-from speakertrip.training.validation import DevScores
 
 SNAPSHOT_PATTERN = re.compile(r"snapshot_(\d+)\.pt$")
 
@@ -34,11 +34,11 @@ def list_snapshots(directory: str | Path) -> list[Path]:
     return sorted(found, key=lambda path: int(SNAPSHOT_PATTERN.search(path.name).group(1)))
 
 
-def build_model(config: TrainConfig) -> EmbeddingNetwork:
-    return EmbeddingNetwork(config.features, config.model.encoder, config.model.options)
+def build_model(config: TrainConfig) -> EmbeddingModel:
+    return EmbeddingModel(config.features, config.model.encoder, config.model.options)
 
 
-def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple[EmbeddingNetwork, list[int]]:
+def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple[EmbeddingModel, list[int]]:
     """The model whose weights are the mean of the snapshots (or checkpoints) at ``paths``; and their steps.
 
     A snapshot holding NaN or infinity is refused by name (it would poison the average).
@@ -59,35 +59,30 @@ def average_snapshots(config: TrainConfig, paths: Sequence[str | Path]) -> tuple
     return model, [int(checkpoint.get("step", -1)) for checkpoint in checkpoints]
 
 
-def interpolate_toward_start(model: EmbeddingNetwork, config: TrainConfig) -> None:
+def interpolate_toward_start(model: EmbeddingModel, config: TrainConfig) -> None:
     """Set ``model``'s weights to ``init_from + interpolation × (weights − init_from)`` (``config.model``)."""
-    from speakertrip.models.artifact import initialise
-
     start = build_model(config)
     initialise(start, config.model.init_from)
     model.load_state_dict(interpolate_state_dicts(start.state_dict(), model.state_dict(),
                                                   config.model.interpolation))
 
 
-def export_model(config: TrainConfig, paths: Sequence[str | Path], out: str | Path, validate_dev: bool = True,
-                 device: torch.device | str = "cpu", progress: bool = False,
-                 batchnorm_data: Sequence[Utterance] = ()) -> tuple[Path, dict]:
-    """Average ``paths``, validate on ``config.data.dev``/``dev_trials`` when given, save to ``out``.
+def save_final_model(config: TrainConfig, paths: Sequence[str | Path], out: str | Path, validate_dev: bool = True,
+                     device: torch.device | str = "cpu", progress: bool = False,
+                     batchnorm_data: Sequence[Utterance] = ()) -> tuple[Path, dict]:
+    """Average ``paths`` into the final model, evaluate it on ``config.data.dev``/``dev_trials`` when given,
+    save the artifact to ``out``.
 
     With ``config.model.interpolation`` below 1, the averaged weights are first moved back toward
     ``config.model.init_from`` (:func:`interpolate_toward_start`).
     ``batchnorm_data``: utterances on whose crops the averaged model's BatchNorm statistics are
-    re-estimated before validation (:func:`speakertrip.training.batchnorm.reestimate_batchnorm`).
+    re-estimated before evaluation (:func:`speakertrip.training.batchnorm.reestimate_batchnorm`).
 
-    Validation also fits the calibration to LLRs (plain and duration-aware) and summarises the dev
-    score distributions for operating points, under ``evaluation["calibration"]`` (see
-    :mod:`speakertrip.scoring.dev_calibration`); dev trials that cannot be calibrated (perfectly
-    separated) leave it out with a warning. Returns the artifact directory and the evaluation
-    recorded in its config.
+    The evaluation (dev metrics, calibration and operating-point summary) is what
+    :func:`speakertrip.evaluation.evaluate_dev` records; dev trials that cannot be calibrated (perfectly
+    separated) leave the calibration out with a warning. Returns the artifact directory and the
+    evaluation recorded in its config.
     """
-    from speakertrip.data.manifest import read_manifest
-    from speakertrip.training.validation import dev_metrics, score_dev_trials
-
     model, steps = average_snapshots(config, paths)
     evaluation: dict = {}
     if config.model.interpolation < 1:
@@ -100,20 +95,7 @@ def export_model(config: TrainConfig, paths: Sequence[str | Path], out: str | Pa
     if validate_dev and config.data.dev and config.data.dev_trials:
         items = {utterance.utt_id: utterance for utterance in read_manifest(config.data.dev)}
         dev = score_dev_trials(model, items, config.data.dev_trials, progress=progress)
-        evaluation.update(dev_metrics(dev))
-        evaluation["dev_trials"] = str(config.data.dev_trials)
-        calibration = calibrate_dev(dev, config.data.dev_trials)
-        if calibration is not None:
-            evaluation[CALIBRATION_KEY] = calibration.to_dict()
+        evaluation.update(evaluate_dev(dev, config.data.dev_trials, strict=False).to_dict())
     evaluation["averaged_steps"] = steps
     model.evaluation = evaluation
     return model.to("cpu").save(out), evaluation
-
-
-def calibrate_dev(dev: DevScores, source: object = None) -> DevCalibration | None:
-    """:meth:`DevCalibration.fit` on dev scores with their durations; None (and a warning) when it cannot be fitted."""
-    try:
-        return DevCalibration.fit(dev.scores, dev.labels, dev.enroll_seconds, dev.test_seconds, source=source)
-    except ConfigError as error:
-        warnings.warn(f"no calibration recorded in the model: {error}", stacklevel=2)
-        return None

@@ -11,17 +11,17 @@ from speakertrip.training.config import OptimConfig, ScheduleConfig
 
 
 def build_optimizer(parameters: Iterable[torch.nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (momentum, Nesterov) with the config's weight decay.
+    """Adam, AdamW or SGD (momentum, Nesterov) with the config's weight decay; unset keys at their defaults.
 
     Adam and AdamW are fused: one kernel per step, which also takes the non-finite guard's
     ``found_inf`` flag and skips the update on the device (:mod:`speakertrip.training.guard`).
     """
-    parameters = list(parameters)
+    parameters, settings = list(parameters), config.settings()
     if config.name == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=settings["momentum"],
+                               nesterov=settings["nesterov"], weight_decay=config.weight_decay)
     optimizer = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
-    return optimizer(parameters, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+    return optimizer(parameters, lr=config.lr, betas=tuple(settings["betas"]), weight_decay=config.weight_decay,
                      fused=True)
 
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from speakertrip.data.manifest import Utterance
 from speakertrip.errors import ConfigError
 from speakertrip.losses.selection import grouped_batch
-from speakertrip.training.averaging import build_model, export_model, list_snapshots, snapshot_path
+from speakertrip.training.averaging import build_model, save_final_model, list_snapshots, snapshot_path
 from speakertrip.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from speakertrip.training.config import TrainConfig, save_config
 from speakertrip.training.distributed import Distributed, cleanup_distributed, gather_batch, setup_distributed
@@ -385,7 +385,7 @@ class Trainer:
         """
         if self.dev is None:
             return
-        from speakertrip.training.validation import validate
+        from speakertrip.evaluation.recording import validate
 
         stance = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
         with stance:
@@ -404,7 +404,7 @@ class Trainer:
         if not self.dist.is_main:
             return self.exp_dir
         snapshots = list_snapshots(self.checkpoints)[-max(1, self.config.train.average_last):]
-        model_dir, evaluation = export_model(self.config, snapshots, self.exp_dir / "model", device=self.device,
+        model_dir, evaluation = save_final_model(self.config, snapshots, self.exp_dir / "model", device=self.device,
                                              batchnorm_data=self.batchnorm_data)
         records = self.log.read()
         plot_curves(records, self.exp_dir / "curves.png")

@@ -1,4 +1,4 @@
-"""Verification: the :class:`Verifier` (enrol, verify, identify) over an SQLite :class:`EnrollmentStore`.
+"""Verification: the :class:`Verifier` (enrol, verify, identify) over an SQLite :class:`EnrolmentStore`.
 
 >>> import tempfile, numpy as np
 >>> import speakertrip as st
@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from speakertrip.verification.store import EnrollmentStore, ModelMismatchError, SpeakerInfo
+from speakertrip.verification.enrolment_store import EnrolmentStore, ModelMismatchError, SpeakerInfo
 from speakertrip.verification.verifier import Match, VerificationResult, Verifier
 
-__all__ = ["EnrollmentStore", "Match", "ModelMismatchError", "SpeakerInfo", "VerificationResult", "Verifier"]
+__all__ = ["EnrolmentStore", "Match", "ModelMismatchError", "SpeakerInfo", "VerificationResult", "Verifier"]

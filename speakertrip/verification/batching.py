@@ -1,7 +1,7 @@
 """Cross-request batching: threads hand waveforms to one model thread, which embeds them together.
 
 Requests that arrive while the model is busy queue up and are embedded in the next call of
-:func:`~speakertrip.extraction.embed_many` (length-bucketed passes, one stream per CPU thread),
+:func:`~speakertrip.models.embed_many` (length-bucketed passes, one stream per CPU thread),
 so a loaded service computes wide batches instead of one utterance at a time. Callers may
 announce a job while they still decode its audio (:meth:`EmbeddingBatcher.coming`); a batch waits
 up to ``window`` seconds for announced jobs, and not at all when none is on its way, so a lone
@@ -30,7 +30,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from torch import nn
 
-from speakertrip.extraction import embed_many
+from speakertrip.models import embed_many
 
 
 @dataclass

@@ -36,9 +36,9 @@ import torch
 
 from speakertrip.audio import prepare_waveform
 from speakertrip.errors import AudioError, ConfigError, KeyNotFoundError, SpeakertripError
-from speakertrip.extraction import load_model
+from speakertrip.models import load_model
 from speakertrip.verification.batching import EmbeddingBatcher
-from speakertrip.verification.store import EnrollmentStore, check_name
+from speakertrip.verification.enrolment_store import EnrolmentStore, check_name
 from speakertrip.verification.verifier import Verifier
 
 Upload = tuple[str, bytes]  # (how errors name it, the file's bytes)
@@ -130,7 +130,7 @@ class SpeakerService:
         """This thread's Verifier (its own SQLite connection to the store)."""
         verifier = getattr(self._local, "verifier", None)
         if verifier is None:
-            store = EnrollmentStore(self.settings.store, self.model.identity, self.model.embedding_dim)
+            store = EnrolmentStore(self.settings.store, self.model.identity, self.model.embedding_dim)
             verifier = _BatchedVerifier(self.model, store, threshold=self.settings.threshold, norm=self.settings.norm)
             verifier.batcher = self.batcher
             self._local.verifier = verifier

@@ -27,13 +27,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from speakertrip.errors import ConfigError
-from speakertrip.extraction import embed_many, load_model
-from speakertrip.extraction.batched import item_duration
-from speakertrip.scoring.dev_calibration import DevCalibration
+from speakertrip.evaluation.dev_calibration import DevCalibration
+from speakertrip.evaluation.score_summary import check_rate
+from speakertrip.models import embed_many, load_model
+from speakertrip.models.batched import item_duration
 from speakertrip.scoring.enrolment import check_scoring, speaker_scores
 from speakertrip.scoring.norm import apply_norm, cohort_stats, resolve_top_k
-from speakertrip.scoring.score_summary import check_rate
-from speakertrip.verification.store import EnrollmentStore, ModelMismatchError, check_name, missing_store
+from speakertrip.verification.enrolment_store import EnrolmentStore, ModelMismatchError, check_name, missing_store
 
 NORMS = (None, "asnorm")
 DEFAULT_SCORING = "centroid"
@@ -90,8 +90,6 @@ def _operating_point(model: Any, calibration: DevCalibration | None, threshold: 
         chosen = calibration.scores.threshold_for_far(rate) if name == "far" else \
             calibration.scores.threshold_for_frr(rate)
         return chosen, f"{name}={rate:g}"
-    if calibration is not None:
-        return calibration.eer_threshold, "eer"
     if model.threshold is None:
         raise ConfigError("the model artifact records no calibrated threshold (train with a dev trial list "
                           "to get one); pass threshold=, e.g. the EER threshold of `speakertrip metrics`")
@@ -105,7 +103,7 @@ class Verifier:
     ----------
     model : an ``EmbeddingModel``, or the directory of a model artifact
     store : an SQLite file (created by the first enrolment; other calls on a missing one raise
-        StoreNotFoundError) or an open :class:`EnrollmentStore`
+        StoreNotFoundError) or an open :class:`EnrolmentStore`
     threshold : accept scores >= this cosine
     far : accept at the threshold with this false-accept rate on the artifact's dev non-targets (0 < far < 1)
     frr : accept at the threshold with this false-reject rate on the artifact's dev targets (0 < frr < 1)
@@ -120,7 +118,7 @@ class Verifier:
     VerificationResult(name='alice', score=0.71, accepted=True, threshold=0.58, cosine=0.71, llr=4.2)
     """
 
-    def __init__(self, model: Any, store: str | Path | EnrollmentStore = "speakers.db",
+    def __init__(self, model: Any, store: str | Path | EnrolmentStore = "speakers.db",
                  threshold: float | None = None, norm: str | None = None, cohort_top_n: int = 300,
                  far: float | None = None, frr: float | None = None, scoring: str = DEFAULT_SCORING):
         if isinstance(model, (str, Path)):
@@ -135,8 +133,8 @@ class Verifier:
         if cohort_top_n < 1:
             raise ConfigError(f"cohort_top_n must be >= 1, got {cohort_top_n}")
         self.model, self.norm, self.cohort_top_n = model, norm, cohort_top_n
-        self._path = Path(store.path if isinstance(store, EnrollmentStore) else store)
-        if not isinstance(store, EnrollmentStore):
+        self._path = Path(store.path if isinstance(store, EnrolmentStore) else store)
+        if not isinstance(store, EnrolmentStore):
             store = self._open_store() if self._path.exists() else None
         elif store.model_identity != model.identity:
             raise ModelMismatchError(f"{store.path}: enrolled with model {store.model_identity[:12]}, "
@@ -144,16 +142,16 @@ class Verifier:
         self._store = store
 
     @property
-    def store(self) -> EnrollmentStore:
+    def store(self) -> EnrolmentStore:
         """The enrolment store; StoreNotFoundError while the file does not exist (enrolment creates it)."""
         if self._store is None:
             raise missing_store(self._path)
         return self._store
 
-    def _open_store(self) -> EnrollmentStore:
-        return EnrollmentStore(self._path, model_identity=self.model.identity, embedding_dim=self.model.embedding_dim)
+    def _open_store(self) -> EnrolmentStore:
+        return EnrolmentStore(self._path, model_identity=self.model.identity, embedding_dim=self.model.embedding_dim)
 
-    def _store_to_write(self) -> EnrollmentStore:
+    def _store_to_write(self) -> EnrolmentStore:
         if self._store is None:
             self._store = self._open_store()
         return self._store

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from speakertrip.errors import ConfigError, FormatError, KeyNotFoundError
-from speakertrip.verification.store import EnrollmentStore, ModelMismatchError
+from speakertrip.verification.enrolment_store import EnrolmentStore, ModelMismatchError
 
 DIM = 8
 
@@ -16,7 +16,7 @@ def unit(rows, seed=0):
 
 
 def open_store(path, identity="model-a"):
-    return EnrollmentStore(path, model_identity=identity, embedding_dim=DIM)
+    return EnrolmentStore(path, model_identity=identity, embedding_dim=DIM)
 
 
 def snapshot(path):
@@ -44,7 +44,7 @@ def test_persists_across_connections_and_remove(tmp_path):
     with open_store(tmp_path / "s.db") as store:
         store.add("bob", unit(1), ["b"])
         store.add("alice", unit(1, 3), ["a"])
-    with EnrollmentStore(tmp_path / "s.db", create=False) as store:  # no model needed to list
+    with EnrolmentStore(tmp_path / "s.db", create=False) as store:  # no model needed to list
         assert [s.name for s in store.speakers()] == ["alice", "bob"]
         assert store.model_identity == "model-a" and store.embedding_dim == DIM
     with open_store(tmp_path / "s.db") as store:
@@ -92,7 +92,7 @@ def test_other_model_is_refused(tmp_path):
     with pytest.raises(ModelMismatchError, match="enrolled with model model-a.*this model is model-b"):
         open_store(tmp_path / "s.db", identity="model-b")
     with pytest.raises(ModelMismatchError, match="8-d"):
-        EnrollmentStore(tmp_path / "s.db", model_identity="model-a", embedding_dim=4)
+        EnrolmentStore(tmp_path / "s.db", model_identity="model-a", embedding_dim=4)
 
 
 @pytest.mark.parametrize("content", [b"this is not sqlite at all" * 50, b"SQLite format 3\x00" + b"\xff" * 200])
@@ -110,7 +110,7 @@ def test_foreign_sqlite_and_missing_store(tmp_path):
     with pytest.raises(FormatError, match=r"other\.db.*not a speakertrip enrolment store \(tables: t\)"):
         open_store(tmp_path / "other.db")
     with pytest.raises(KeyNotFoundError, match="no enrolment store here"):
-        EnrollmentStore(tmp_path / "missing.db", create=False)
+        EnrolmentStore(tmp_path / "missing.db", create=False)
     assert not (tmp_path / "missing.db").exists()
 
 
@@ -136,7 +136,7 @@ def test_error_inside_a_transaction_rolls_back(tmp_path, monkeypatch):
     with open_store(tmp_path / "s.db") as store:
         store.add("alice", unit(2), ["a1", "a2"])
         before = snapshot(tmp_path / "s.db")
-        monkeypatch.setattr("speakertrip.verification.store._centroid", lambda e: 1 / 0)
+        monkeypatch.setattr("speakertrip.verification.enrolment_store._centroid", lambda e: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             store.add("alice", unit(1), ["a3"], replace=True)
         with pytest.raises(ZeroDivisionError):
@@ -171,7 +171,7 @@ def test_two_processes_enrolling_at_once_lose_nothing(tmp_path):
 
 def _create_and_enrol(path, name, barrier):
     barrier.wait()  # every process finds the store missing and creates it at the same moment
-    EnrollmentStore(path, "m1", 4).add(name, np.eye(4, dtype=np.float32)[:2], ["a.wav", "b.wav"])
+    EnrolmentStore(path, "m1", 4).add(name, np.eye(4, dtype=np.float32)[:2], ["a.wav", "b.wav"])
 
 
 def test_processes_creating_one_new_store_at_once_all_enrol(tmp_path):
@@ -184,4 +184,4 @@ def test_processes_creating_one_new_store_at_once_all_enrol(tmp_path):
         for job in jobs:
             job.join(60)
         assert [job.exitcode for job in jobs] == [0] * 6
-        assert len(EnrollmentStore(path)) == 6
+        assert len(EnrolmentStore(path)) == 6

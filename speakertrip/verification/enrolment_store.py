@@ -12,7 +12,7 @@ or file system) opens read-only: reading works, writing raises :class:`ReadOnlyS
 no side file is made (SQLite's ``immutable`` mode: it assumes nobody writes the file meanwhile). Only a call that enrols creates a store; opening a missing one for reading
 raises :class:`StoreNotFoundError`.
 
->>> store = EnrollmentStore("speakers.db", model_identity="3f2a...", embedding_dim=192)  # doctest: +SKIP
+>>> store = EnrolmentStore("speakers.db", model_identity="3f2a...", embedding_dim=192)  # doctest: +SKIP
 >>> store.add("alice", embeddings, sources=["a1.wav", "a2.wav"])                    # doctest: +SKIP
 2
 """
@@ -87,7 +87,7 @@ def check_name(name: object) -> str:
     return name
 
 
-class EnrollmentStore:
+class EnrolmentStore:
     """Enrolled speakers in a SQLite file, tied to one model.
 
     Parameters
@@ -310,7 +310,7 @@ class EnrollmentStore:
     def close(self) -> None:
         self._db.close()
 
-    def __enter__(self) -> EnrollmentStore:
+    def __enter__(self) -> EnrolmentStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -320,7 +320,7 @@ class EnrollmentStore:
 class _Transaction:
     """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` when the body raises."""
 
-    def __init__(self, store: EnrollmentStore):
+    def __init__(self, store: EnrolmentStore):
         self.store = store
 
     def __enter__(self) -> None:

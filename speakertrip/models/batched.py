@@ -98,7 +98,7 @@ def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | No
     optimize : run an ECAPA encoder through its frozen inference copy (:mod:`speakertrip.models.inference_ecapa`,
         same embeddings to float32 rounding); False runs the model itself
 
-    >>> from speakertrip.extraction import load_model
+    >>> from speakertrip.models import load_model
     >>> from speakertrip.testing import speech_like, tiny_model_artifact
     >>> model = load_model(tiny_model_artifact())
     >>> embed_many(model, [speech_like(1, 1.5), speech_like(2, 0.8)], sample_rate=16000, trim_db=40).shape
@@ -195,7 +195,7 @@ def embed_one(model: nn.Module, x: Item, sample_rate: int | None = None, *, trim
               chunk_seconds: float | None = None) -> np.ndarray:
     """Embed one utterance (a path, or a 1-D/2-D array or tensor at ``sample_rate``); float32 (D,), unit norm.
 
-    >>> from speakertrip.extraction import load_model
+    >>> from speakertrip.models import load_model
     >>> from speakertrip.testing import speech_like, tiny_model_artifact
     >>> embed_one(load_model(tiny_model_artifact()), speech_like(1, 1.0), sample_rate=16000).shape
     (192,)

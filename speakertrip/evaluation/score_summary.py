@@ -126,8 +126,13 @@ class OperatingPointSummary:
                     spacing: float = RANK_SPACING) -> OperatingPointSummary:
         """Summarise dev ``scores`` (N,) with ``labels`` (N,), 1 target / 0 non-target."""
         scores, labels = check_trials(scores, labels)
-        return cls(ScoreSummary.from_scores(scores[labels], exact, spacing),
-                   ScoreSummary.from_scores(scores[~labels], exact, spacing))
+        return cls.from_classes(scores[labels], scores[~labels], exact, spacing)
+
+    @classmethod
+    def from_classes(cls, targets: np.ndarray, nontargets: np.ndarray, exact: int = EXACT_RANKS,
+                     spacing: float = RANK_SPACING) -> OperatingPointSummary:
+        """Summarise checked target scores (T,) and non-target scores (N,), both non-empty and finite."""
+        return cls(ScoreSummary.from_scores(targets, exact, spacing), ScoreSummary.from_scores(nontargets, exact, spacing))
 
     def threshold_for_far(self, far: float) -> float:
         """The lowest threshold that falsely accepts at most ``far`` of the dev non-targets.

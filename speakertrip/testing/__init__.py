@@ -229,9 +229,9 @@ def tiny_model_artifact(directory: str | Path | None = None, encoder: str = "eca
     import torch
 
     from speakertrip.features import FeatureConfig
-    from speakertrip.models import EmbeddingNetwork
+    from speakertrip.models import EmbeddingModel
 
     torch.manual_seed(seed)
     evaluation = {} if threshold is None else {"eer_threshold": float(threshold)}
-    network = EmbeddingNetwork(FeatureConfig(n_mels=24), encoder, {"channels": 32}, evaluation)
+    network = EmbeddingModel(FeatureConfig(n_mels=24), encoder, {"channels": 32}, evaluation)
     return network.save(Path(directory) if directory is not None else Path(tempfile.mkdtemp()) / "model")
