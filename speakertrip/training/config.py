@@ -20,7 +20,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import yaml
 
@@ -72,14 +72,30 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser: ``adam``, ``adamw`` or ``sgd``; ``lr`` is the peak learning rate of the schedule."""
+    """Optimiser: ``adam``, ``adamw`` or ``sgd``; ``lr`` is the peak learning rate of the schedule.
+
+    ``momentum`` and ``nesterov`` are read by ``sgd`` only, ``betas`` by ``adam`` and ``adamw`` only (:attr:`READS`);
+    left unset (None) they take the defaults in :attr:`READS`. Setting one the optimiser does not read is an error.
+    """
+
+    READS: ClassVar[dict[str, dict[str, Any]]] = {
+        "sgd": {"momentum": 0.9, "nesterov": True}, "adam": {"betas": (0.9, 0.999)}, "adamw": {"betas": (0.9, 0.999)}}
 
     name: Literal["adam", "adamw", "sgd"] = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    momentum: float = 0.9
-    nesterov: bool = True
-    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float | None = None
+    nesterov: bool | None = None
+    betas: list | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The keys ``name`` reads besides ``lr`` and ``weight_decay``, an unset one at its default.
+
+        >>> OptimConfig(name="sgd", momentum=0.5).settings()
+        {'momentum': 0.5, 'nesterov': True}
+        """
+        return {key: default if getattr(self, key) is None else getattr(self, key)
+                for key, default in self.READS[self.name].items()}
 
 
 @dataclass

@@ -97,9 +97,10 @@ def check_domain(key: str, value: Any, source: str) -> None:
 
 
 def check_domains(config: Any, source: str) -> None:
-    """Check every numeric key of a built TrainConfig (nested dataclasses) against :data:`DOMAINS`,
-    that the schedule's floor ``schedule.min_lr`` does not exceed its peak ``optim.lr``, and that an
-    interpolation below 1 has a start to interpolate from (``model.init_from``)."""
+    """Check every numeric key of a built TrainConfig (nested dataclasses) against :data:`DOMAINS`, and the
+    rules between keys: the schedule's floor ``schedule.min_lr`` does not exceed its peak ``optim.lr``, an
+    interpolation below 1 has a start to interpolate from (``model.init_from``), and no optimiser key is
+    set that ``optim.name`` does not read (``OptimConfig.READS``)."""
     for section in dataclasses.fields(config):
         values = getattr(config, section.name)
         if dataclasses.is_dataclass(values):
@@ -111,3 +112,9 @@ def check_domains(config: Any, source: str) -> None:
     if config.model.interpolation < 1 and not config.model.init_from:
         raise ConfigError(f"{source}: key 'model.interpolation' ({config.model.interpolation:g}) moves the final "
                           "weights toward the starting model: set 'model.init_from' too")
+    optim, reads = config.optim, config.optim.READS
+    for key in sorted(set().union(*reads.values()) - set(reads[optim.name])):
+        if getattr(optim, key) is not None:
+            readers = [name for name, keys in reads.items() if key in keys]
+            raise ConfigError(f"{source}: key 'optim.{key}' does not apply to optimiser {optim.name!r} (it is read "
+                              f"by {' and '.join(readers)} only): remove the key, or set optim.name to {readers[0]}")
