@@ -28,8 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dev", type=Path, help="dev set (folder or manifest); default: hold out --dev-speakers")
     parser.add_argument("--dev-speakers", type=float, default=defaults.dev_speakers,
                         help=f"speakers held out for dev: a count, or a fraction below 1 (default {defaults.dev_speakers})")
+    parser.add_argument("--max-dev-trials", type=int, default=defaults.max_dev_trials,
+                        help="at most this many dev trials, up to half of them target pairs "
+                             f"(default {defaults.max_dev_trials})")
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"at most this many steps (default {defaults.steps})")
     parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})")
+    parser.add_argument("--min-lr", type=float, default=defaults.min_lr,
+                        help=f"the cosine schedule's floor, at most --lr (default {defaults.min_lr})")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                        help=f"AdamW weight decay (default {defaults.weight_decay})")
     parser.add_argument("--warmup", type=float, default=defaults.warmup,
                         help=f"warm-up steps, or a fraction of --steps below 1 (default {defaults.warmup})")
     parser.add_argument("--speakers-per-batch", type=int, default=defaults.speakers_per_batch,
@@ -74,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
     from speakertrip.training.finetune_config import FinetuneConfig
 
     config = FinetuneConfig(
-        steps=args.steps, lr=args.lr, warmup=args.warmup, speakers_per_batch=args.speakers_per_batch,
-        utterances_per_speaker=args.utterances_per_speaker, crop_seconds=args.crop_seconds, margin=args.margin,
-        freeze_layers=args.freeze_layers, freeze_statistics=args.freeze_statistics, dev_speakers=args.dev_speakers,
+        steps=args.steps, lr=args.lr, min_lr=args.min_lr, warmup=args.warmup, weight_decay=args.weight_decay,
+        speakers_per_batch=args.speakers_per_batch, utterances_per_speaker=args.utterances_per_speaker,
+        crop_seconds=args.crop_seconds, margin=args.margin, freeze_layers=args.freeze_layers,
+        freeze_statistics=args.freeze_statistics, dev_speakers=args.dev_speakers, max_dev_trials=args.max_dev_trials,
         source=args.source, source_speakers=args.source_speakers, source_statistics=args.source_statistics,
         interpolation=args.interpolation, validate_every=args.validate_every, patience=args.patience,
         average_last=args.average_last, seed=args.seed, device=args.device, workers=args.workers,

@@ -158,9 +158,14 @@ class TrainConfig:
         return {item.name: plain_data(getattr(self, item.name)) for item in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config",
+                  names: Mapping[str, str] | None = None) -> TrainConfig:
+        """The one way a config is built from values: types, then ranges and rules (:func:`check_domains`).
+
+        ``names``: how the user wrote a key, for errors (``speakertrip finetune``'s ``--lr`` for ``optim.lr``).
+        """
         config = build_dataclass(cls, values, source)
-        check_domains(config, source)
+        check_domains(config, source, names)
         return config
 
 

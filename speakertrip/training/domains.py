@@ -2,6 +2,9 @@
 
 A value outside its range (a negative learning rate, Adam betas of 2 and 3, ``data.workers: -1``,
 NaN anywhere) fails with a ConfigError naming the key and the range, before any training starts.
+This is the one table of ranges: ``speakertrip finetune`` builds its TrainConfig through the same
+``TrainConfig.from_dict``, and its options of fine-tuning alone are the ``finetune.*`` keys here
+(fields of :class:`speakertrip.training.finetune_config.FinetuneConfig`).
 
 >>> check_domain("optim.lr", -1e-3, "command line")
 Traceback (most recent call last):
@@ -15,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from speakertrip.errors import ConfigError
 
@@ -50,7 +53,7 @@ ANY = Range()  # any finite number
 
 # Scalars, and for tuple-valued keys the range of each element; PAIRS must also be ordered (low <= high).
 DOMAINS: dict[str, Range] = {
-    "data.crop_seconds": POSITIVE, "data.dev_max_seconds": POSITIVE, "data.workers": NON_NEGATIVE,
+    "data.crop_seconds": POSITIVE, "data.workers": NON_NEGATIVE,
     "data.batches_per_epoch": AT_LEAST_ONE,
     "features.sample_rate": AT_LEAST_ONE, "features.n_fft": AT_LEAST_ONE, "features.win_length": AT_LEAST_ONE,
     "features.hop_length": AT_LEAST_ONE, "features.n_mels": AT_LEAST_ONE, "features.f_min": NON_NEGATIVE,
@@ -67,48 +70,57 @@ DOMAINS: dict[str, Range] = {
     "train.epochs": AT_LEAST_ONE, "train.steps": AT_LEAST_ONE, "train.grad_clip": POSITIVE,
     "train.seed": Range(0, 2**32 - 1), "train.log_every": AT_LEAST_ONE, "train.validate_every": NON_NEGATIVE,
     "train.checkpoint_every": NON_NEGATIVE, "train.average_last": AT_LEAST_ONE, "train.max_bad_steps": AT_LEAST_ONE,
+    "finetune.dev_speakers": POSITIVE, "finetune.max_dev_trials": Range(2), "finetune.freeze_layers": NON_NEGATIVE,
+    "finetune.source_speakers": AT_LEAST_ONE, "finetune.patience": AT_LEAST_ONE, "finetune.average_last": AT_LEAST_ONE,
 }
 PAIRS = {"augment.noise_snr", "augment.music_snr", "augment.babble_snr", "augment.babble_speakers"}
 LENGTHS = {"optim.betas": 2, **{key: 2 for key in PAIRS}}
 
 
-def check_domain(key: str, value: Any, source: str) -> None:
-    """Raise ConfigError when the numeric ``value`` of ``key`` lies outside ``DOMAINS[key]`` (None passes)."""
+def check_domain(key: str, value: Any, source: str, name: str | None = None) -> None:
+    """Raise ConfigError when the numeric ``value`` of ``key`` lies outside ``DOMAINS[key]`` (None passes).
+
+    ``name``: how the user wrote the key, for the message (finetune's ``--lr`` for ``optim.lr``).
+    """
     domain = DOMAINS.get(key)
     if domain is None or value is None:
         return
+    label = name or f"key {key!r}"
     if isinstance(value, dict):
         items = list(value.values())
     elif isinstance(value, (list, tuple)):
         items = list(value)
         if key in LENGTHS and len(items) != LENGTHS[key]:
-            raise ConfigError(f"{source}: key {key!r} needs {LENGTHS[key]} values, got {list(value)!r}")
+            raise ConfigError(f"{source}: {label} needs {LENGTHS[key]} values, got {list(value)!r}")
     else:
         items = [value]
     for item in items:
         if isinstance(item, bool) or not isinstance(item, (int, float)):
-            raise ConfigError(f"{source}: key {key!r} must hold numbers, got {item!r}")
+            raise ConfigError(f"{source}: {label} must hold numbers, got {item!r}")
         if item not in domain:
             shown = f"{item!r}" if len(items) == 1 and not isinstance(value, (list, tuple, dict)) else \
                 f"{item!r} in {value!r}"
-            raise ConfigError(f"{source}: key {key!r} must be {domain}, got {shown}")
+            raise ConfigError(f"{source}: {label} must be {domain}, got {shown}")
     if key in PAIRS and items[0] > items[1]:
-        raise ConfigError(f"{source}: key {key!r} is a (low, high) range, got low > high: {list(value)!r}")
+        raise ConfigError(f"{source}: {label} is a (low, high) range, got low > high: {list(value)!r}")
 
 
-def check_domains(config: Any, source: str) -> None:
+def check_domains(config: Any, source: str, names: Mapping[str, str] | None = None) -> None:
     """Check every numeric key of a built TrainConfig (nested dataclasses) against :data:`DOMAINS`, and the
     rules between keys: the schedule's floor ``schedule.min_lr`` does not exceed its peak ``optim.lr``, an
     interpolation below 1 has a start to interpolate from (``model.init_from``), and no optimiser key is
-    set that ``optim.name`` does not read (``OptimConfig.READS``)."""
+    set that ``optim.name`` does not read (``OptimConfig.READS``). ``names``: how the user wrote a key."""
+    names = names or {}
     for section in dataclasses.fields(config):
         values = getattr(config, section.name)
         if dataclasses.is_dataclass(values):
             for item in dataclasses.fields(values):
-                check_domain(f"{section.name}.{item.name}", getattr(values, item.name), source)
+                key = f"{section.name}.{item.name}"
+                check_domain(key, getattr(values, item.name), source, names.get(key))
     if config.schedule.min_lr > config.optim.lr:
-        raise ConfigError(f"{source}: key 'schedule.min_lr' ({config.schedule.min_lr:g}) must not exceed "
-                          f"'optim.lr' ({config.optim.lr:g}), the peak learning rate")
+        floor, peak = names.get("schedule.min_lr", "key 'schedule.min_lr'"), names.get("optim.lr", "'optim.lr'")
+        raise ConfigError(f"{source}: {floor} ({config.schedule.min_lr:g}) must not exceed {peak} "
+                          f"({config.optim.lr:g}), the peak learning rate")
     if config.model.interpolation < 1 and not config.model.init_from:
         raise ConfigError(f"{source}: key 'model.interpolation' ({config.model.interpolation:g}) moves the final "
                           "weights toward the starting model: set 'model.init_from' too")

@@ -37,14 +37,15 @@ from torch import nn
 from speakertrip.data.manifest import Utterance, read_manifest, write_manifest
 from speakertrip.data.split import hold_out_speakers, make_trials, write_trials
 from speakertrip.errors import ConfigError, SpeakertripError
+from speakertrip.plain_yaml import plain_data
 from speakertrip.training.averaging import SNAPSHOT_PATTERN, list_snapshots
 from speakertrip.training.batchnorm import batch_norms, reestimate_batchnorm
-from speakertrip.training.finetune_config import FinetuneConfig
-from speakertrip.training.config import (DataConfig, LoopConfig, LossConfig, ModelConfig, OptimConfig, ScheduleConfig,
-                                         TrainConfig)
+from speakertrip.training.finetune_config import TRAIN_KEYS, FinetuneConfig, check_options, option_name
+from speakertrip.training.config import TrainConfig
 from speakertrip.training.trainer import Trainer
 
 SOURCE_PREFIX = "source:"  # speaker and utterance ids of mixed-in source-domain data
+OPTIONS_SOURCE = "fine-tuning options"  # where a bad option's error says it came from
 SUMMARY_FILE = "finetune.json"
 
 
@@ -108,27 +109,36 @@ def prepare_finetune_data(data: str | Path, out: Path, config: FinetuneConfig,
                                        out / "dev_trials.txt")}
 
 
-def train_config(model: nn.Module, data: dict[str, Path], initial: Path, out: Path, config: FinetuneConfig,
-                 speakers: int) -> TrainConfig:
-    """The trainer's config for fine-tuning ``model`` (an ``EmbeddingNetwork``) on ``speakers`` speakers.
+def train_config(config: FinetuneConfig, out: Path, initial: Path, model: nn.Module | None = None,
+                 data: dict[str, Path] | None = None, speakers: int | None = None) -> TrainConfig:
+    """The trainer's config for fine-tuning ``model`` (an ``EmbeddingModel``) on ``data`` (``speakers`` speakers).
 
+    Built by ``TrainConfig.from_dict`` with the same checks as ``speakertrip train``'s config, after the
+    options of fine-tuning alone (:func:`check_options`); errors name the option (``--lr``). Without
+    ``model`` and ``data`` the defaults stand in: :func:`finetune` calls it so before it loads anything.
     An "epoch" is ``validate_every`` steps: the trainer validates, snapshots and checkpoints at each.
     """
-    return TrainConfig(
-        data=DataConfig(train=str(data["train"]), dev=str(data["dev"]), dev_trials=str(data["dev_trials"]),
-                        crop_seconds=config.crop_seconds, workers=config.workers,
-                        batches_per_epoch=config.validate_every),
-        features=model.feature_config,
-        model=ModelConfig(encoder=model.encoder_name, options=dict(model.encoder_options), init_from=str(initial),
-                          interpolation=config.interpolation),
-        loss=LossConfig(kind="multi_positive", p=min(config.speakers_per_batch, speakers),
-                        k=config.utterances_per_speaker,
-                        options={"margin": config.margin, "hardest_negatives": config.hardest_negatives}),
-        optim=OptimConfig(name="adamw", lr=config.lr, weight_decay=config.weight_decay),
-        schedule=ScheduleConfig(kind="cosine", warmup_steps=config.warmup, min_lr=config.min_lr),
-        train=LoopConfig(exp_dir=str(out), epochs=1, steps=config.steps, seed=config.seed, device=config.device,
-                         validate_every=0, checkpoint_every=0, average_last=config.average_last + config.patience,
-                         progress=config.progress, log_every=min(10, config.validate_every)))
+    check_options(config, OPTIONS_SOURCE)
+    paths = {name: str(path) for name, path in (data or {}).items()}
+    values: dict[str, Any] = {
+        "data": {"train": paths.get("train", ""), "dev": paths.get("dev"), "dev_trials": paths.get("dev_trials"),
+                 "crop_seconds": config.crop_seconds, "workers": config.workers,
+                 "batches_per_epoch": config.validate_every},
+        "model": {"init_from": str(initial), "interpolation": config.interpolation},
+        "loss": {"kind": "multi_positive", "p": min(config.speakers_per_batch, speakers or config.speakers_per_batch),
+                 "k": config.utterances_per_speaker,
+                 "options": {"margin": config.margin, "hardest_negatives": config.hardest_negatives}},
+        "optim": {"name": "adamw", "lr": config.lr, "weight_decay": config.weight_decay},
+        "schedule": {"kind": "cosine", "warmup_steps": config.warmup, "min_lr": config.min_lr},
+        "train": {"exp_dir": str(out), "epochs": 1, "steps": config.steps, "seed": config.seed,
+                  "device": config.device, "validate_every": 0, "checkpoint_every": 0,
+                  "average_last": config.average_last + config.patience, "progress": config.progress,
+                  "log_every": min(10, config.validate_every)}}
+    if model is not None:
+        values["features"] = plain_data(model.feature_config)
+        values["model"].update(encoder=model.encoder_name, options=dict(model.encoder_options))
+    names = {key: option_name(option) for option, key in TRAIN_KEYS.items()}
+    return TrainConfig.from_dict(values, OPTIONS_SOURCE, names)
 
 
 def frame_layers(encoder: nn.Module) -> list[nn.Module]:
@@ -234,6 +244,7 @@ def finetune(model: str | Path, data: str | Path, out: str | Path, config: Finet
     config = config or FinetuneConfig()
     out = Path(out)
     initial, data_dir = out / "initial_model", out / "data"
+    train_config(config, out, initial)  # every option checked before anything is loaded, read or written
     if resume:
         if not (initial / "config.yaml").is_file() or not (data_dir / "dev_trials.txt").is_file():
             raise ConfigError(f"--resume: {out} holds no fine-tuning run (initial_model/ and data/ are missing)")
@@ -256,7 +267,7 @@ def finetune(model: str | Path, data: str | Path, out: str | Path, config: Finet
         start.to(device)
         before = validate(start, dev_utts, paths["dev_trials"], device=device)["eer"]
         start.to("cpu")
-        train = train_config(start, paths, initial, out, config, len(speakers))
+        train = train_config(config, out, initial, start, paths, len(speakers))
         trainer = FinetuneTrainer(train, config, distributed, device, resume)
         trainer.run()
     finally:

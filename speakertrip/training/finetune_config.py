@@ -1,10 +1,23 @@
-"""The options of ``speakertrip finetune`` (no torch import: the command line reads the defaults)."""
+"""The options of ``speakertrip finetune`` (no torch import: the command line reads the defaults).
+
+They are checked where ``speakertrip train`` checks its config: each option that sets a TrainConfig key
+(:data:`TRAIN_KEYS`) through ``TrainConfig.from_dict``, the others as the ``finetune.*`` keys of
+``speakertrip.training.domains.DOMAINS`` (:func:`check_options`); errors name the option (``--lr``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from speakertrip.errors import ConfigError
+from speakertrip.training.domains import check_domain
+
+# The TrainConfig key that each option sets (the trainer's config, speakertrip.training.finetune.train_config).
+TRAIN_KEYS = {"steps": "train.steps", "lr": "optim.lr", "min_lr": "schedule.min_lr", "warmup": "schedule.warmup_steps",
+              "weight_decay": "optim.weight_decay", "speakers_per_batch": "loss.p", "utterances_per_speaker": "loss.k",
+              "crop_seconds": "data.crop_seconds", "interpolation": "model.interpolation",
+              "validate_every": "data.batches_per_epoch", "seed": "train.seed", "workers": "data.workers"}
 
 
 @dataclass
@@ -26,6 +39,9 @@ class FinetuneConfig:
     for part of the gain on yours (applied before the source statistics are re-estimated). Measured on three
     splits of real voices (recipes/finetune/README.md), ``source_statistics`` with ``lr=4e-4``: 0.58x EER on
     them, 1.15x on the original domain; with ``interpolation=0.7`` too, 0.60x and 1.04x.
+
+    Each field is the option ``--field-name`` of the command; :func:`speakertrip.training.finetune.finetune`
+    checks them all before it loads anything (see the module docstring).
     """
 
     steps: int = 300
@@ -54,13 +70,18 @@ class FinetuneConfig:
     workers: int = 2
     progress: bool = True
 
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.validate_every < 1 or self.patience < 1 or self.average_last < 1:
-            raise ConfigError("steps, validate_every, patience and average_last must be >= 1")
-        if not self.lr > 0 or self.dev_speakers <= 0 or self.freeze_layers < 0:
-            raise ConfigError("lr and dev_speakers must be positive, freeze_layers >= 0")
-        if not 0 < self.interpolation <= 1:
-            raise ConfigError(f"interpolation must be in (0, 1], got {self.interpolation}")
-        if self.source_statistics and not self.source:
-            raise ConfigError("source_statistics (--source-statistics) re-estimates statistics on the source data: "
-                              "give it with source (--source MANIFEST)")
+
+def option_name(field: str) -> str:
+    """The command-line option of a :class:`FinetuneConfig` field: ``min_lr`` → ``--min-lr``."""
+    return "--" + field.replace("_", "-")
+
+
+def check_options(config: FinetuneConfig, source: str) -> None:
+    """Check the options of fine-tuning alone (those not in :data:`TRAIN_KEYS`) against their ``finetune.*``
+    ranges in DOMAINS, and that ``source_statistics`` has a ``source``."""
+    for item in dataclasses.fields(config):
+        if item.name not in TRAIN_KEYS:
+            check_domain(f"finetune.{item.name}", getattr(config, item.name), source, option_name(item.name))
+    if config.source_statistics and not config.source:
+        raise ConfigError(f"{source}: --source-statistics re-estimates statistics on the source data: "
+                          "give it with --source MANIFEST")
