@@ -2,7 +2,7 @@
 
 2 s crops of 8 s 16 kHz PCM-16 wav: ``read_crop`` (one seek + one read of the data chunk) vs
 soundfile's partial read (``SoundFile.seek`` + ``read(dtype="int16")``), which ``read_crop`` falls
-back to for every other file. (Silence trimming and AS-norm's top-k, measured the same way, lost to
+back to for every other file. (Silence trimming and AS-norm's top-n, measured the same way, lost to
 ``librosa.effects.trim`` and ``np.partition``, which speakertrip now uses.)
 
 Contenders alternate round by round, so a busy machine slows both alike; the best round counts.

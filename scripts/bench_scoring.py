@@ -115,7 +115,7 @@ def section_sklearn_kaldi(count: int) -> None:
           f"EER {100 * our_eer:.4f} % vs {100 * peer_eer:.4f} %]")
 
 
-def section_asnorm(n_embeddings: int, n_trials: int, cohort_size: int, dim: int = 192, top_k: int = 300) -> None:
+def section_asnorm(n_embeddings: int, n_trials: int, cohort_size: int, dim: int = 192, top_n: int = 300) -> None:
     rng = np.random.default_rng(3)
     speakers = rng.normal(size=(n_embeddings // 8 + 1, dim)).astype(np.float32)
     owner = rng.integers(0, len(speakers), n_embeddings)
@@ -136,17 +136,17 @@ def section_asnorm(n_embeddings: int, n_trials: int, cohort_size: int, dim: int 
     raw = scoring.cosine_scores(embedded)
     cosine_time = time.perf_counter() - start
     start = time.perf_counter()
-    normed = scoring.normalize_trial_scores(raw, embedded, cohort, "asnorm", top_k)
+    normed = scoring.normalize_trial_scores(raw, embedded, cohort, "asnorm", top_n)
     norm_time = time.perf_counter() - start
     distinct = len(embedded.unit)
-    # WeSpeaker-style reference on a slice: full product, full row sort, top-k mean and std
+    # WeSpeaker-style reference on a slice: full product, full row sort, top-n mean and std
     slice_rows = embedded.unit[:4096]
     unit_cohort = scoring.l2_normalize(cohort)
     start = time.perf_counter()
-    sorted_rows = np.sort(slice_rows @ unit_cohort.T, axis=1)[:, ::-1][:, :top_k]
+    sorted_rows = np.sort(slice_rows @ unit_cohort.T, axis=1)[:, ::-1][:, :top_n]
     reference_mean, reference_std = sorted_rows.mean(axis=1), sorted_rows.std(axis=1)
     reference_time = (time.perf_counter() - start) * distinct / len(slice_rows)
-    stats = scoring.cohort_stats(slice_rows, cohort, top_k)
+    stats = scoring.cohort_stats(slice_rows, cohort, top_n)
     np.testing.assert_allclose(stats.mean, reference_mean, atol=1e-6)
     np.testing.assert_allclose(stats.std, reference_std, atol=1e-6)
     check = rng.choice(n_trials, 200, replace=False)  # and the normalised scores, trial by trial
@@ -154,14 +154,14 @@ def section_asnorm(n_embeddings: int, n_trials: int, cohort_size: int, dim: int 
         e, t = store.get(trials.enroll[i]), store.get(trials.test[i])
         side = []
         for x in (e, t):
-            values = np.sort(scoring.l2_normalize(x[None]) @ unit_cohort.T, axis=None)[::-1][:top_k]
+            values = np.sort(scoring.l2_normalize(x[None]) @ unit_cohort.T, axis=None)[::-1][:top_n]
             side.append((values.mean(), values.std()))
         s = (scoring.l2_normalize(e[None]) @ scoring.l2_normalize(t[None]).T).item()
         expected = 0.5 * ((s - side[0][0]) / side[0][1] + (s - side[1][0]) / side[1][1])
         assert abs(normed[i] - expected) < 1e-4, (normed[i], expected)
     total = cosine_time + norm_time
     print(f"[4] AS-norm, {n_trials:,} trials over {distinct:,} embeddings (D {dim}), cohort {cohort_size:,}, "
-          f"top {top_k}: lookup + cosine {cosine_time:.2f} s, cohort stats + norm {norm_time:.2f} s, total "
+          f"top {top_n}: lookup + cosine {cosine_time:.2f} s, cohort stats + norm {norm_time:.2f} s, total "
           f"{total:.2f} s (target < 20 s; reading the list {read_time:.2f} s more) | WeSpeaker-style full sort, "
           f"extrapolated from 4,096 rows: {reference_time:.1f} s for the stats alone = "
           f"{reference_time / norm_time:.1f}x slower  [stats and 200 trials checked]")

@@ -149,7 +149,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, w
     from speakertrip.corpora.synth import prepare_synth
     from speakertrip.models import embed_many, load_model
     from speakertrip.training.averaging import build_model
-    from speakertrip.training.trainer import train
+    from speakertrip.training.trainer import SUMMARY_FILE, train
 
     settings, out, started = (QUICK if quick else FULL), Path(out), time.perf_counter()
     say = print if progress else (lambda *_: None)
@@ -162,6 +162,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, w
     config = training_config(settings, data, out / "exp", seed)
     config.train.progress = progress
     exp_dir = train(config)
+    say((exp_dir / SUMMARY_FILE).read_text().rstrip())
     trained = load_model(exp_dir / "model")
     torch.manual_seed(seed)
     untrained = build_model(config)

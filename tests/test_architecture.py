@@ -13,7 +13,7 @@ PACKAGE = Path(speakertrip.__file__).parent
 
 # Stages in flow order; a module may import its own stage and the stages listed before it.
 LAYERS = [
-    {"errors", "registry", "options", "atomic", "plain_yaml"},  # shared foundations
+    {"errors", "registry", "options", "atomic", "plain_yaml", "tables"},  # shared foundations
     {"audio"},
     {"data"},
     {"corpora", "features"},

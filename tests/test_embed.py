@@ -9,19 +9,12 @@ from speakertrip.errors import AudioError, ConfigError
 from speakertrip.models import EmbeddingModel
 from speakertrip.models.batched import embed_many, embed_one, split_chunks
 from speakertrip.features import FeatureConfig
-from speakertrip.testing import make_voxceleb_tree, speech_like, write_bad_audio
+from speakertrip.testing import make_voxceleb_tree, speech_like, tiny_model, write_bad_audio
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_model(encoder="ecapa", options=None, seed=0):
-    torch.manual_seed(seed)
-    model = EmbeddingModel(FeatureConfig(n_mels=24), encoder, options if options is not None else {"channels": 32})
-    for module in model.modules():  # non-trivial statistics, as a trained model has
-        if isinstance(module, torch.nn.BatchNorm1d):
-            module.running_mean.normal_(0, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,12 @@ from speakertrip.cli import main
 from speakertrip.models import EmbeddingModel
 from speakertrip.extraction.export import ExportableFrontend, export_onnx
 from speakertrip.features import FeatureConfig, LogMelFrontend
+from speakertrip.testing import tiny_model
 
 LENGTHS = (4000, 16000, 37119)
 
 
-def tiny_model(encoder="ecapa", options=None, features=None):
-    torch.manual_seed(0)
-    model = EmbeddingModel(features or FeatureConfig(n_mels=24), encoder, options or {"channels": 32})
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            module.running_mean.normal_(0, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+
 
 
 def waveform(samples, seed=0):

@@ -16,6 +16,7 @@ from speakertrip.cli import main
 from speakertrip.errors import FormatError, SpeakertripError
 from speakertrip.models.padding import exact_padding
 from speakertrip.models.speechbrain_hub import import_speechbrain
+from speakertrip.testing import randomise_batch_norms
 
 # The layout and frontend settings of speechbrain/spkrec-ecapa-voxceleb and spkrec-xvect-voxceleb
 # (hyperparams.yaml as published), with smaller encoders so that the tests run in seconds.
@@ -111,11 +112,7 @@ def make_speechbrain_folder(folder: Path, kind: str, seed: int = 0) -> Path:
     (folder / "hyperparams.yaml").write_text(text)
     torch.manual_seed(seed)
     hparams = load_hyperpyyaml(text)  # our own test file: building its objects is what SpeechBrain does
-    with torch.no_grad():
-        for module in hparams["embedding_model"].modules():
-            if isinstance(module, torch.nn.BatchNorm1d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
+    randomise_batch_norms(hparams["embedding_model"], seed)
     torch.save(hparams["embedding_model"].state_dict(), folder / "embedding_model.ckpt")
     torch.save(hparams["classifier"].state_dict(), folder / "classifier.ckpt")
     norm = hparams["mean_var_norm_emb"].train()

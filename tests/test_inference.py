@@ -7,23 +7,9 @@ from speakertrip.models import EmbeddingModel
 from speakertrip.models.batched import embed_many
 from speakertrip.features import FeatureConfig
 from speakertrip.models.inference_ecapa import InferenceEcapa, inference_model, reflect_taps
-from speakertrip.testing import speech_like
+from speakertrip.testing import randomise_batch_norms, speech_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def randomise_batch_norms(module, seed=0):
-    """Statistics and affine weights as a trained model has them, some scales negative."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for norm in module.modules():
-            if isinstance(norm, torch.nn.BatchNorm1d):
-                size = norm.num_features
-                norm.running_mean.copy_(0.2 * torch.randn(size, generator=generator))
-                norm.running_var.copy_(0.5 + 1.5 * torch.rand(size, generator=generator))
-                norm.weight.copy_(1.0 + 0.7 * torch.randn(size, generator=generator))
-                norm.bias.copy_(0.1 * torch.randn(size, generator=generator))
-    return module.eval()
 
 
 def test_reflect_taps_match_padding_each_row_alone():

@@ -14,6 +14,7 @@ from speakertrip.models import EmbeddingModel, load_model, load_speechbrain_chec
 from speakertrip.features import FeatureConfig
 from speakertrip.models import ENCODERS, build_encoder
 from speakertrip.models.tdnn import MaskedStatisticsPooling
+from speakertrip.testing import randomise_batch_norms
 
 SMALL = {"ecapa": {"channels": 32, "embedding_dim": 24, "attention_channels": 16, "se_channels": 16},
          "tdnn": {"channels": 32, "stats_channels": 48, "embedding_dim": 24}}
@@ -150,11 +151,7 @@ def test_speechbrain_ecapa_checkpoint_loads(tmp_path):
     torch.manual_seed(1)
     # the encoder of spkrec-ecapa-voxceleb, saved the way SpeechBrain's checkpointer saves it
     ecapa = ECAPA_TDNN(80, channels=[1024, 1024, 1024, 1024, 3072], lin_neurons=192).eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics, as in a trained model
-        for module in ecapa.modules():
-            if isinstance(module, torch.nn.BatchNorm1d):
-                module.running_mean.normal_(0, 0.1)
-                module.running_var.uniform_(0.5, 2.0)
+    randomise_batch_norms(ecapa, seed=1)  # non-trivial BatchNorm statistics, as in a trained model
     torch.save(ecapa.state_dict(), tmp_path / "embedding_model.ckpt")
     model = load_speechbrain_checkpoint(tmp_path / "embedding_model.ckpt").eval()
     assert model.encoder_name == "ecapa" and model.embedding_dim == 192

@@ -28,7 +28,7 @@ from speakertrip.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 # a few seconds of training: tiny ECAPA, 0.5 s crops, 4 speakers x 2, no augmentation (no MUSAN/RIRs)
-TINY = ["--top-k", "3", "--augment=null", "--data.crop_seconds=0.5", "--data.workers=0", "--data.batches_per_epoch=3",
+TINY = ["--top-n", "3", "--augment=null", "--data.crop_seconds=0.5", "--data.workers=0", "--data.batches_per_epoch=3",
         "--features.n_mels=24", "--model.options={channels: 32, attention_channels: 16, se_channels: 16, embedding_dim: 32}",
         "--loss.p=4", "--loss.k=2", "--loss.options+={hardest_negatives: 2}", "--train.epochs=2",
         "--train.average_last=2", "--train.log_every=1", "--train.progress=false"]
@@ -146,17 +146,17 @@ def test_voxceleb_run_killed_resumed_then_skipped(voxceleb, tmp_path, environmen
     check_results_row(exp, 0, "veri_test2.cosine", "veri_test2.asnorm")
     assert "--augment=null" in (exp / "results.md").read_text() and (exp / "det.png").is_file()
 
-    # a re-run does nothing; a changed --top-k redoes the AS-norm scores and the report only
+    # a re-run does nothing; a changed --top-n redoes the AS-norm scores and the report only
     made = {path: path.stat().st_mtime_ns for path in [*exp.rglob("*"), *(tmp_path / "data").rglob("*")]}
     again = run_recipe("voxceleb", args, tmp_path, environment)
     assert again.returncode == 0 and ran(again.stdout) == [], again.stdout + again.stderr
     assert again.stdout.count("done before, skipped") == 9  # prepare x2, convert, train, average, embed x2, score x2
     assert {path: path.stat().st_mtime_ns for path in made} == made
-    changed = run_recipe("voxceleb", [*args, "--top-k", "2", "--stage", "5"], tmp_path, environment)
+    changed = run_recipe("voxceleb", [*args, "--top-n", "2", "--stage", "5"], tmp_path, environment)
     assert changed.returncode == 0, changed.stdout + changed.stderr
     assert [" ".join(command.split()[:2]) for command in ran(changed.stdout)] == ["speakertrip score",
                                                                                    "speakertrip metrics"]
-    assert "--top-k 2" in ran(changed.stdout)[0]
+    assert "--top-n 2" in ran(changed.stdout)[0]
 
     # other training settings never silently continue a finished run
     other = run_recipe("voxceleb", [*args, "--stage", "2", "--train.epochs=3"], tmp_path, environment)

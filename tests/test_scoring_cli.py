@@ -45,7 +45,7 @@ def test_score_writes_scores_and_prints_table(corpus, capsys):
 
 def test_score_json_with_asnorm_and_metrics_agree(corpus, capsys):
     common = ["--trials", str(corpus / "trials.txt"), "--embeddings", str(corpus / "emb.npz")]
-    assert main(["score", *common, "--norm", "asnorm", "--cohort", str(corpus / "cohort"), "--top-k", "20",
+    assert main(["score", *common, "--norm", "asnorm", "--cohort", str(corpus / "cohort"), "--top-n", "20",
                  "--out", str(corpus / "as.txt"), "--json"]) == 0
     reported = json.loads(capsys.readouterr().out)
     assert {"trials", "targets", "eer", "eer_threshold", "min_dcf"} <= set(reported)

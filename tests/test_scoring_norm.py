@@ -1,4 +1,4 @@
-"""Cosine scoring and score normalisation against per-trial loops; cohorts; top-k selection."""
+"""Cosine scoring and score normalisation against per-trial loops; cohorts; top-n selection."""
 
 import numpy as np
 import pytest
@@ -25,16 +25,16 @@ def cosine(a, b):
     return float(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-def loop_stats(x, cohort, top_k):
-    values = sorted((cosine(x, c) for c in cohort), reverse=True)[:top_k or len(cohort)]
+def loop_stats(x, cohort, top_n):
+    values = sorted((cosine(x, c) for c in cohort), reverse=True)[:top_n or len(cohort)]
     return np.mean(values), np.std(values)
 
 
-def loop_norm(store, trials, cohort, method, top_k):
+def loop_norm(store, trials, cohort, method, top_n):
     out = []
     for e, t in zip(trials.enroll, trials.test):
         score = cosine(store.get(e), store.get(t))
-        (me, se), (mt, st) = loop_stats(store.get(e), cohort, top_k), loop_stats(store.get(t), cohort, top_k)
+        (me, se), (mt, st) = loop_stats(store.get(e), cohort, top_n), loop_stats(store.get(t), cohort, top_n)
         z, tn = (score - me) / se, (score - mt) / st
         out.append({"znorm": z, "tnorm": tn, "snorm": (z + tn) / 2, "asnorm": (z + tn) / 2}[method])
     return np.array(out)
@@ -50,25 +50,25 @@ def test_cosine_scores_match_a_loop():
     np.testing.assert_allclose(on_torch, expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("method, top_k", [("znorm", None), ("tnorm", None), ("snorm", None), ("asnorm", 5),
+@pytest.mark.parametrize("method, top_n", [("znorm", None), ("tnorm", None), ("snorm", None), ("asnorm", 5),
                                            ("snorm", 10), ("asnorm", 40)])
-def test_normalisation_matches_a_per_trial_loop(method, top_k):
+def test_normalisation_matches_a_per_trial_loop(method, top_n):
     store, trials, cohort = make_case(seed=1)
     embedded = scoring.trial_embeddings(trials, store)
     raw = scoring.cosine_scores(embedded)
-    expected = loop_norm(store, trials, cohort, method, top_k)
-    np.testing.assert_allclose(scoring.normalize_trial_scores(raw, embedded, cohort, method, top_k), expected,
+    expected = loop_norm(store, trials, cohort, method, top_n)
+    np.testing.assert_allclose(scoring.normalize_trial_scores(raw, embedded, cohort, method, top_n), expected,
                                rtol=1e-5, atol=1e-5)
     enroll = store.embeddings[store.index_of(trials.enroll)]
     test = store.embeddings[store.index_of(trials.test)]
-    np.testing.assert_allclose(scoring.normalize_scores(raw, enroll, test, cohort, method, top_k), expected,
+    np.testing.assert_allclose(scoring.normalize_scores(raw, enroll, test, cohort, method, top_n), expected,
                                rtol=1e-5, atol=1e-5)
 
 
 def test_asnorm_defaults_to_top_300_and_torch_path_agrees():
     rng = np.random.default_rng(2)
     embeddings, cohort = rng.normal(size=(50, 8)), rng.normal(size=(700, 8))
-    ours = scoring.cohort_stats(embeddings, cohort, top_k=300, chunk_size=16)
+    ours = scoring.cohort_stats(embeddings, cohort, top_n=300, chunk_size=16)
     unit = scoring.l2_normalize(embeddings)
     torch_stats = _cohort_stats_torch(unit, scoring.l2_normalize(cohort), 300, "cpu", 16)  # the GPU code, on CPU
     np.testing.assert_allclose(ours.mean, torch_stats.mean, atol=1e-6)
@@ -76,7 +76,7 @@ def test_asnorm_defaults_to_top_300_and_torch_path_agrees():
     expected = np.array([loop_stats(x, cohort, 300) for x in embeddings[:5]])
     np.testing.assert_allclose(np.c_[ours.mean[:5], ours.std[:5]], expected, atol=1e-6)
     default = scoring.normalize_scores(np.zeros(3), embeddings[:3], embeddings[3:6], cohort, "asnorm")
-    explicit = scoring.normalize_scores(np.zeros(3), embeddings[:3], embeddings[3:6], cohort, "asnorm", top_k=300)
+    explicit = scoring.normalize_scores(np.zeros(3), embeddings[:3], embeddings[3:6], cohort, "asnorm", top_n=300)
     np.testing.assert_array_equal(default, explicit)
 
 
@@ -108,7 +108,7 @@ def test_bad_normalisation_settings():
     raw = scoring.cosine_scores(embedded)
     with pytest.raises(ConfigError, match="unknown score normalisation 'qnorm'; valid names: znorm, tnorm"):
         scoring.normalize_trial_scores(raw, embedded, cohort, "qnorm")
-    with pytest.raises(ConfigError, match="top_k must be between 2 and the cohort size 40, got 300"):
+    with pytest.raises(ConfigError, match="top_n must be between 2 and the cohort size 40, got 300"):
         scoring.normalize_trial_scores(raw, embedded, cohort, "asnorm")
     with pytest.raises(ConfigError, match="dimension 8 cannot be scored against a cohort of dimension 3"):
         scoring.normalize_trial_scores(raw, embedded, cohort[:, :3], "snorm")

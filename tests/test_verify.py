@@ -10,20 +10,14 @@ from speakertrip.errors import AudioError, ConfigError, FormatError, KeyNotFound
 from speakertrip.evaluation import DevCalibration, DevScores, evaluate_dev
 from speakertrip.models import EmbeddingModel, load_model
 from speakertrip.features import FeatureConfig
+from speakertrip import testing
 from speakertrip.testing import make_voxceleb_tree, write_bad_audio
 from speakertrip.verification.enrolment_store import ModelMismatchError
 from speakertrip.verification.verifier import Verifier
 
 
 def tiny_model(seed=0, threshold=0.5):
-    torch.manual_seed(seed)
-    model = EmbeddingModel(FeatureConfig(n_mels=24), "ecapa", {"channels": 32},
-                           evaluation={"eer": 0.1, "eer_threshold": threshold})
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm1d):
-            module.running_mean.normal_(0, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+    return testing.tiny_model(seed=seed, threshold=threshold)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@
 #   --cnceleb1 DIR             CN-Celeb1 (data/, dev/dev.lst, eval/) for stage 1
 #   --cnceleb2 DIR             CN-Celeb2 (data/<spk>/), extra training data (optional)
 #   --average N                snapshots to average in stage 3 (default: the config's train.average_last)
-#   --top-k K                  AS-norm cohort scores per side (default 300)
+#   --top-n K                  AS-norm cohort scores per side (default 300)
 #   --section.key=value        any other option is a config override for `speakertrip train`, e.g.
 #                              --augment=null (no MUSAN/RIRS_NOISES), --optim.lr=1e-3; see `speakertrip train -h`
 set -euo pipefail
@@ -32,9 +32,9 @@ recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../lib/stages.sh
 . "$recipe_dir/../lib/stages.sh"
 
-stage=1 stop_stage=6 config=conf/ecapa_triplet.yaml exp= gpus=1 average= top_k=300
+stage=1 stop_stage=6 config=conf/ecapa_triplet.yaml exp= gpus=1 average= top_n=300
 cnceleb1= cnceleb2=
-options="stage stop_stage config exp gpus cnceleb1 cnceleb2 average top_k"
+options="stage stop_stage config exp gpus cnceleb1 cnceleb2 average top_n"
 parse_options "$@"
 # shellcheck source=path.sh
 . "$recipe_dir/path.sh"
@@ -63,13 +63,13 @@ fi
 protocols=concat
 if [[ -f $data/enroll_avg.map ]]; then protocols+=" avg"; fi
 
-if selected 5 "score CNC-Eval, enrolment by $protocols (cosine, AS-norm top $top_k)"; then
+if selected 5 "score CNC-Eval, enrolment by $protocols (cosine, AS-norm top $top_n)"; then
   for protocol in $protocols; do
     name=CNC-Eval-$protocol
     enrolment=(--enroll-map "$data/enroll_$protocol.map")
     score_stage "$name.cosine" "$data/trials/CNC-Eval.lst" "$exp/embeddings/cnceleb_eval.npz" "${enrolment[@]}"
     score_stage "$name.asnorm" "$data/trials/CNC-Eval.lst" "$exp/embeddings/cnceleb_eval.npz" "${enrolment[@]}" \
-      --norm asnorm --cohort "$exp/embeddings/cnceleb_train.npz" --cohort-speaker-means --top-k "$top_k"
+      --norm asnorm --cohort "$exp/embeddings/cnceleb_train.npz" --cohort-speaker-means --top-n "$top_n"
   done
 fi
 

@@ -57,7 +57,7 @@ parse_options() {
   # the command a results row names: what decides its numbers
   invocation="recipes/${recipe_dir##*/}/run.sh --config $(quoted "$config")${exp:+ --exp $(quoted "$exp")}"
   invocation+=${average:+ --average $average}
-  if [[ $top_k != 300 ]]; then invocation+=" --top-k $top_k"; fi
+  if [[ $top_n != 300 ]]; then invocation+=" --top-n $top_n"; fi
   invocation+=$(as_arguments "${overrides[@]}")
   if [[ ! -f $config && -f $recipe_dir/$config ]]; then config=$recipe_dir/$config; fi
   [[ -f $config ]] || die "--config $config: no such file"

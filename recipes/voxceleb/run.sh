@@ -9,7 +9,7 @@
 #   2 train    speakertrip train CONFIG (torchrun when --gpus > 1); a stopped run continues (--resume)
 #   3 average  the last snapshots into EXP/model, validated on Vox1-O, thresholds recorded
 #   4 embed    Vox1 test speakers and the VoxCeleb2 cohort into EXP/embeddings/
-#   5 score    cosine, and AS-norm against the means of the VoxCeleb2 speakers (--top-k)
+#   5 score    cosine, and AS-norm against the means of the VoxCeleb2 speakers (--top-n)
 #   6 report   EER and minDCF(0.01) as a results-table row in EXP/results.md, DET curves in EXP/det.png
 # A re-run skips every step already done with the same command; see recipes/lib/stages.sh.
 #
@@ -23,7 +23,7 @@
 #   --vox2-wav DIR             where the converted VoxCeleb2 wav go (default data/vox2_wav; ~300 GB)
 #   --trials "NAME ..."        Vox1 lists to score (default veri_test2; also list_test_all2 list_test_hard2)
 #   --average N                snapshots to average in stage 3 (default: the config's train.average_last)
-#   --top-k K                  AS-norm cohort scores per side (default 300)
+#   --top-n K                  AS-norm cohort scores per side (default 300)
 #   --section.key=value        any other option is a config override for `speakertrip train`, e.g.
 #                              --augment=null (no MUSAN/RIRS_NOISES), --optim.lr=1e-3; see `speakertrip train -h`
 set -euo pipefail
@@ -32,9 +32,9 @@ recipe_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../lib/stages.sh
 . "$recipe_dir/../lib/stages.sh"
 
-stage=1 stop_stage=6 config=conf/ecapa_triplet.yaml exp= gpus=1 average= top_k=300
+stage=1 stop_stage=6 config=conf/ecapa_triplet.yaml exp= gpus=1 average= top_n=300
 vox1= vox2= vox2_wav=data/vox2_wav trials=veri_test2
-options="stage stop_stage config exp gpus vox1 vox2 vox2_wav trials average top_k"
+options="stage stop_stage config exp gpus vox1 vox2 vox2_wav trials average top_n"
 parse_options "$@"
 # shellcheck source=path.sh
 . "$recipe_dir/path.sh"
@@ -68,13 +68,13 @@ if selected 4 "embed Vox1 ($vox1_set) and the VoxCeleb2 cohort"; then
   embed_stage vox2_dev data/vox2/utts.jsonl
 fi
 
-if selected 5 "score $trials (cosine, AS-norm top $top_k)"; then
+if selected 5 "score $trials (cosine, AS-norm top $top_n)"; then
   for name in $trials; do
     list=data/vox1/trials/$name.txt
     store=$exp/embeddings/vox1_$vox1_set.npz
     score_stage "$name.cosine" "$list" "$store"
     score_stage "$name.asnorm" "$list" "$store" --norm asnorm --cohort "$exp/embeddings/vox2_dev.npz" \
-      --cohort-speaker-means --top-k "$top_k"
+      --cohort-speaker-means --top-n "$top_n"
   done
 fi
 

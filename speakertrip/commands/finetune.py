@@ -89,13 +89,16 @@ def run(args: argparse.Namespace) -> int:
         interpolation=args.interpolation, validate_every=args.validate_every, patience=args.patience,
         average_last=args.average_last, seed=args.seed, device=args.device, workers=args.workers,
         progress=not args.no_progress)
+    from speakertrip.tables import format_fields
+    from speakertrip.training.trainer import SUMMARY_FILE
+
     result = finetune(args.model, args.data, args.out, config, dev=args.dev, resume=args.resume)
+    print((result.model_dir.parent / SUMMARY_FILE).read_text(), end="")
     rows = [("speakers", f"{result.train_speakers} fine-tuning, {result.dev_speakers} dev"
                          + (f", {result.source_speakers} source-domain mixed in" if result.source_speakers else "")),
             ("steps", f"{result.steps} (best dev EER at step {result.best_step})"),
             ("dev EER before", f"{100 * result.eer_before:.2f} %"),
             ("dev EER after", f"{100 * result.eer_after:.2f} %"),
             ("model", str(result.model_dir))]
-    width = max(len(name) for name, _ in rows)
-    print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+    print(format_fields(rows))
     return 0

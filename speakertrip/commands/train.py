@@ -42,9 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from speakertrip.training.config import load_config
-    from speakertrip.training.trainer import train
+    from speakertrip.training.trainer import SUMMARY_FILE, train
 
     overrides = [item for item in args.overrides if item != "--resume"]
     resume = args.resume or len(overrides) != len(args.overrides)
-    train(load_config(args.config, overrides), resume=resume)
+    summary = train(load_config(args.config, overrides), resume=resume) / SUMMARY_FILE
+    if summary.is_file():  # written by the main rank
+        print(summary.read_text(), end="")
     return 0

@@ -147,6 +147,15 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
         raise FormatError(f"unreadable safetensors file: {error}", path) from None
 
 
+def load_torch_data(path: str | Path, expected: str) -> Any:
+    """What a torch file holds, read on the CPU with ``weights_only=True`` (never runs code from the file);
+    an unreadable or unsafe file is a FormatError naming it and what was ``expected``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
+        raise FormatError(f"not {expected} loadable with weights_only=True: {error}", path) from None
+
+
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from safetensors, or from a torch file read with ``weights_only=True``."""
     if path.suffix == ".safetensors":
@@ -157,10 +166,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError) as error:
             raise FormatError(f"unreadable safetensors file: {error}", path) from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
-        raise FormatError(f"not a state dict loadable with weights_only=True: {error}", path) from None
+    state = load_torch_data(path, "a state dict")
     if not isinstance(state, Mapping) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise FormatError("expected a state dict (a mapping of names to tensors)", path)
     return dict(state)

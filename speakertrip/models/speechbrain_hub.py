@@ -28,7 +28,7 @@ import torch
 
 from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 from speakertrip.features import FeatureConfig
-from speakertrip.models.artifact import load_state, read_weights
+from speakertrip.models.artifact import load_state, load_torch_data, read_weights
 from speakertrip.models.embedding_model import EmbeddingModel
 from speakertrip.models.safe_hyperparams import Tagged, read_hyperparams, resolve
 from speakertrip.plain_yaml import write_yaml
@@ -166,10 +166,7 @@ def _fold_embedding_norm(model: EmbeddingModel, spec: SpeechBrainSpec, path: Pat
     settings = spec.embedding_norm or {}
     if settings.get("norm_type") != "global" or not settings.get("mean_norm", True):
         raise FormatError(f"mean_var_norm_emb: only global normalisation can be folded in, not {settings!r}", path)
-    try:
-        stats = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
-        raise FormatError(f"not a statistics file loadable with weights_only=True: {error}", path) from None
+    stats = load_torch_data(path, "a statistics file")
     if not isinstance(stats, Mapping) or not isinstance(stats.get("glob_mean"), torch.Tensor):
         raise FormatError("expected SpeechBrain InputNormalization statistics (a mapping with 'glob_mean')", path)
     mean = stats["glob_mean"].reshape(-1).float()

@@ -1,13 +1,13 @@
-"""Score normalisation with a cohort: Z-, T-, S-norm and adaptive S-norm (AS-norm, top-k cohort).
+"""Score normalisation with a cohort: Z-, T-, S-norm and adaptive S-norm (AS-norm, top-n cohort).
 
 For an embedding x, its cohort statistics are the mean μ(x) and standard deviation σ(x)
 (population, ddof=0, as WeSpeaker) of its cosine scores against the cohort — against the whole
-cohort, or only the ``top_k`` highest for the adaptive variants. For a trial (e, t) with score s:
+cohort, or only the ``top_n`` highest for the adaptive variants. For a trial (e, t) with score s:
 
 - znorm: ``(s − μ(e)) / σ(e)``;  tnorm: ``(s − μ(t)) / σ(t)``;
-- snorm: ``(znorm + tnorm) / 2`` over the whole cohort;  asnorm: the same over the top-k.
+- snorm: ``(znorm + tnorm) / 2`` over the whole cohort;  asnorm: the same over the top-n.
 
-Statistics are matrix products over the distinct keys only, computed in chunks; the top-k is
+Statistics are matrix products over the distinct keys only, computed in chunks; the top-n is
 exact (``np.partition`` on CPU, ``torch.topk`` on a GPU).
 """
 
@@ -24,7 +24,7 @@ from speakertrip.errors import ConfigError
 from speakertrip.scoring.cosine import TrialEmbeddings, l2_normalize
 
 NORM_METHODS = ("znorm", "tnorm", "snorm", "asnorm")
-DEFAULT_TOP_K = 300  # AS-norm cohort size, as WeSpeaker's VoxCeleb recipe
+DEFAULT_TOP_N = 300  # AS-norm cohort size, as WeSpeaker's VoxCeleb recipe
 
 
 @dataclass(frozen=True)
@@ -35,35 +35,35 @@ class CohortStats:
     std: np.ndarray
 
 
-def resolve_top_k(method: str, top_k: int | None, cohort_size: int) -> int | None:
+def resolve_top_n(method: str, top_n: int | None, cohort_size: int) -> int | None:
     """The number of top cohort scores to use (None: all); checks the method and the range."""
     if method not in NORM_METHODS:
         raise ConfigError(f"unknown score normalisation {method!r}; valid names: {', '.join(NORM_METHODS)}")
-    if method == "asnorm" and top_k is None:
-        top_k = DEFAULT_TOP_K
-    if top_k is not None and not 2 <= top_k <= cohort_size:
-        raise ConfigError(f"top_k must be between 2 and the cohort size {cohort_size}, got {top_k} "
-                          "(pass a smaller --top-k or a larger cohort)")
-    return top_k
+    if method == "asnorm" and top_n is None:
+        top_n = DEFAULT_TOP_N
+    if top_n is not None and not 2 <= top_n <= cohort_size:
+        raise ConfigError(f"top_n must be between 2 and the cohort size {cohort_size}, got {top_n} "
+                          "(pass a smaller --top-n or a larger cohort)")
+    return top_n
 
 
-def cohort_stats(embeddings: np.ndarray, cohort: np.ndarray, top_k: int | None = None, device: str = "cpu",
+def cohort_stats(embeddings: np.ndarray, cohort: np.ndarray, top_n: int | None = None, device: str = "cpu",
                  chunk_size: int = 4096) -> CohortStats:
     """Mean and std of the cosine scores of each of ``embeddings`` (M, D) against ``cohort`` (K, D).
 
-    Only the ``top_k`` highest scores of each row count when given. Both inputs are L2-normalised here.
+    Only the ``top_n`` highest scores of each row count when given. Both inputs are L2-normalised here.
     """
     unit, cohort_unit = l2_normalize(embeddings), l2_normalize(cohort)
     if unit.shape[1] != cohort_unit.shape[1]:
         raise ConfigError(f"embeddings of dimension {unit.shape[1]} cannot be scored against a cohort "
                           f"of dimension {cohort_unit.shape[1]}")
     if device != "cpu":
-        return _cohort_stats_torch(unit, cohort_unit, top_k, device, chunk_size)
+        return _cohort_stats_torch(unit, cohort_unit, top_n, device, chunk_size)
     cohort_t = np.ascontiguousarray(cohort_unit.T)  # a contiguous (D, K) makes the product ~1.5x faster
 
     def chunk_stats(start: int) -> tuple[np.ndarray, np.ndarray]:
         scores = unit[start:start + chunk_size] @ cohort_t
-        top = scores if top_k is None else np.partition(scores, scores.shape[1] - top_k, axis=1)[:, -top_k:]
+        top = scores if top_n is None else np.partition(scores, scores.shape[1] - top_n, axis=1)[:, -top_n:]
         return top.mean(axis=1, dtype=np.float64), top.std(axis=1, dtype=np.float64)
 
     starts = range(0, len(unit), chunk_size)
@@ -74,7 +74,7 @@ def cohort_stats(embeddings: np.ndarray, cohort: np.ndarray, top_k: int | None =
     return CohortStats(np.concatenate([m for m, _ in parts]), np.concatenate([s for _, s in parts]))
 
 
-def _cohort_stats_torch(unit: np.ndarray, cohort_unit: np.ndarray, top_k: int | None, device: str,
+def _cohort_stats_torch(unit: np.ndarray, cohort_unit: np.ndarray, top_n: int | None, device: str,
                         chunk_size: int) -> CohortStats:
     import torch
 
@@ -82,7 +82,7 @@ def _cohort_stats_torch(unit: np.ndarray, cohort_unit: np.ndarray, top_k: int | 
     means, stds = [], []
     for start in range(0, len(unit), chunk_size):
         scores = torch.from_numpy(unit[start:start + chunk_size]).to(device) @ cohort_t
-        top = scores if top_k is None else torch.topk(scores, top_k, dim=1, sorted=False).values
+        top = scores if top_n is None else torch.topk(scores, top_n, dim=1, sorted=False).values
         top = top.double()
         means.append(top.mean(dim=1).cpu().numpy())
         stds.append(top.std(dim=1, unbiased=False).cpu().numpy())
@@ -104,29 +104,29 @@ def apply_norm(scores: np.ndarray, method: str, enroll: CohortStats | None, test
 
 
 def normalize_scores(scores: np.ndarray, enroll: np.ndarray, test: np.ndarray, cohort: np.ndarray,
-                     method: str = "asnorm", top_k: int | None = None, device: str = "cpu") -> np.ndarray:
+                     method: str = "asnorm", top_n: int | None = None, device: str = "cpu") -> np.ndarray:
     """Normalise raw cosine ``scores`` (N,) of trials whose embeddings are ``enroll`` (N, D) and
     ``test`` (N, D), with a ``cohort`` (K, D). For one trial at verify time, N = 1.
 
     >>> rng = np.random.default_rng(0)
     >>> e, t, cohort = rng.normal(size=(1, 8)), rng.normal(size=(1, 8)), rng.normal(size=(20, 8))
-    >>> normalize_scores(np.array([0.5]), e, t, cohort, "asnorm", top_k=5).shape
+    >>> normalize_scores(np.array([0.5]), e, t, cohort, "asnorm", top_n=5).shape
     (1,)
     """
-    top_k = resolve_top_k(method, top_k, len(cohort))
-    enroll_stats = cohort_stats(enroll, cohort, top_k, device) if method != "tnorm" else None
-    test_stats = cohort_stats(test, cohort, top_k, device) if method != "znorm" else None
+    top_n = resolve_top_n(method, top_n, len(cohort))
+    enroll_stats = cohort_stats(enroll, cohort, top_n, device) if method != "tnorm" else None
+    test_stats = cohort_stats(test, cohort, top_n, device) if method != "znorm" else None
     return apply_norm(np.asarray(scores, dtype=np.float64), method, enroll_stats, test_stats)
 
 
 def normalize_trial_scores(scores: np.ndarray, embedded: TrialEmbeddings, cohort: np.ndarray,
-                           method: str = "asnorm", top_k: int | None = None, device: str = "cpu") -> np.ndarray:
+                           method: str = "asnorm", top_n: int | None = None, device: str = "cpu") -> np.ndarray:
     """Normalise the scores (N,) of a trial list; cohort statistics are computed once per distinct key."""
-    top_k = resolve_top_k(method, top_k, len(cohort))
+    top_n = resolve_top_n(method, top_n, len(cohort))
     sides = {"znorm": [embedded.enroll_rows], "tnorm": [embedded.test_rows]}.get(
         method, [embedded.enroll_rows, embedded.test_rows])
     needed = np.unique(np.concatenate(sides))
-    stats = cohort_stats(embedded.unit[needed], cohort, top_k, device)
+    stats = cohort_stats(embedded.unit[needed], cohort, top_n, device)
 
     def per_trial(rows: np.ndarray) -> CohortStats:
         where = np.searchsorted(needed, rows)

@@ -11,6 +11,7 @@ from speakertrip.scoring.bootstrap import bootstrap_intervals
 from speakertrip.scoring.cllr import cllr, min_cllr_from_groups, rocch_eer_from_groups
 from speakertrip.scoring.metrics import act_dcf, bayes_threshold, eer_from_points, min_dcf_from_points
 from speakertrip.scoring.operating_points import OperatingPoints, ScoreGroups, check_trials
+from speakertrip.tables import format_table
 
 
 def p_key(p_target: float) -> str:
@@ -103,12 +104,7 @@ def metrics_table(systems: Mapping[str, VerificationMetrics]) -> str:
         if not tables or tables[-1][0] != titles:
             tables.append((titles, []))
         tables[-1][1].append([value for _, value in columns])
-    lines = []
-    for titles, rows in tables:
-        widths = [max(len(cell) for cell in column) for column in zip(titles, *rows)]
-        for cells in [titles, *rows]:
-            lines.append("  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip())
-    return "\n".join(lines)
+    return "\n".join(format_table(titles, rows) for titles, rows in tables)
 
 
 def compute_metrics(scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[float] = (0.01, 0.05),

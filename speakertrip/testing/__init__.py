@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import string
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -213,9 +214,47 @@ def make_rir_tree(root: str | Path, rooms: int = 2, sample_rate: int = 16000, se
     return root
 
 
+def randomise_batch_norms(module: Any, seed: int = 0) -> Any:
+    """Give every BatchNorm1d of ``module`` statistics and affine weights as a trained model has them (some
+    scales negative); returns ``module`` in eval mode. An untrained model's (0, 1) statistics hide bugs."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for norm in module.modules():
+            if isinstance(norm, torch.nn.BatchNorm1d):
+                size = norm.num_features
+                norm.running_mean.copy_(0.2 * torch.randn(size, generator=generator))
+                norm.running_var.copy_(0.5 + 1.5 * torch.rand(size, generator=generator))
+                if norm.affine:
+                    norm.weight.copy_(1.0 + 0.7 * torch.randn(size, generator=generator))
+                    norm.bias.copy_(0.1 * torch.randn(size, generator=generator))
+    return module.eval()
+
+
+def tiny_model(encoder: str = "ecapa", options: dict | None = None, features: Any = None, seed: int = 0,
+               threshold: float | None = None) -> Any:
+    """A small untrained :class:`~speakertrip.models.EmbeddingModel` (32 channels, 24 mels unless ``options`` /
+    ``features`` say otherwise) with randomised BatchNorm statistics, in eval mode; ``threshold`` is recorded
+    as its dev EER threshold.
+
+    >>> tiny_model().embedding_dim
+    192
+    """
+    import torch
+
+    from speakertrip.features import FeatureConfig
+    from speakertrip.models import EmbeddingModel
+
+    torch.manual_seed(seed)
+    evaluation = {} if threshold is None else {"eer_threshold": float(threshold)}
+    model = EmbeddingModel(features or FeatureConfig(n_mels=24), encoder, options or {"channels": 32}, evaluation)
+    return randomise_batch_norms(model, seed)
+
+
 def tiny_model_artifact(directory: str | Path | None = None, encoder: str = "ecapa", threshold: float | None = 0.5,
                         seed: int = 0) -> Path:
-    """Write an untrained small model artifact (32 channels, 24 mels) for examples and tests; returns its folder.
+    """Write a small untrained model artifact (:func:`tiny_model`) for examples and tests; returns its folder.
 
     ``threshold`` is recorded as the dev EER threshold (None records none). ``directory`` defaults
     to a new temporary folder.
@@ -226,12 +265,5 @@ def tiny_model_artifact(directory: str | Path | None = None, encoder: str = "eca
     """
     import tempfile
 
-    import torch
-
-    from speakertrip.features import FeatureConfig
-    from speakertrip.models import EmbeddingModel
-
-    torch.manual_seed(seed)
-    evaluation = {} if threshold is None else {"eer_threshold": float(threshold)}
-    network = EmbeddingModel(FeatureConfig(n_mels=24), encoder, {"channels": 32}, evaluation)
-    return network.save(Path(directory) if directory is not None else Path(tempfile.mkdtemp()) / "model")
+    model = tiny_model(encoder, seed=seed, threshold=threshold)
+    return model.save(Path(directory) if directory is not None else Path(tempfile.mkdtemp()) / "model")

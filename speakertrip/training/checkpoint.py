@@ -15,7 +15,7 @@ import torch
 
 from speakertrip.atomic import atomic_write
 from speakertrip.errors import FormatError, SpeakertripError
-from speakertrip.models.artifact import check_finite
+from speakertrip.models.artifact import check_finite, load_torch_data
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
@@ -43,10 +43,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise SpeakertripError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
-        raise FormatError(f"not a speakertrip checkpoint loadable with weights_only=True: {error}", path) from None
+    state = load_torch_data(path, "a speakertrip checkpoint")
     if not isinstance(state, dict) or "model" not in state:
         raise FormatError("not a speakertrip checkpoint (no 'model' entry)", path)
     return state

@@ -237,9 +237,9 @@ def finetune(model: str | Path, data: str | Path, out: str | Path, config: Finet
     dev : a separate dev set (folder or manifest); by default ``config.dev_speakers`` speakers are held out
     resume : continue the run in ``out``
     """
-    from speakertrip.extraction import load_model
+    from speakertrip.models import load_model
     from speakertrip.training.distributed import cleanup_distributed, setup_distributed
-    from speakertrip.training.validation import validate
+    from speakertrip.evaluation.recording import validate
 
     config = config or FinetuneConfig()
     out = Path(out)

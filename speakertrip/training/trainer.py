@@ -31,6 +31,7 @@ from tqdm import tqdm
 from speakertrip.data.manifest import Utterance
 from speakertrip.errors import ConfigError
 from speakertrip.losses.selection import grouped_batch
+from speakertrip.tables import format_fields
 from speakertrip.training.averaging import build_model, save_final_model, list_snapshots, snapshot_path
 from speakertrip.training.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from speakertrip.training.config import TrainConfig, save_config
@@ -38,6 +39,8 @@ from speakertrip.training.distributed import Distributed, cleanup_distributed, g
 from speakertrip.training.guard import NonFiniteGuard
 from speakertrip.training.metrics_log import MetricsLog, plot_curves
 from speakertrip.training.step_timer import StepTimer
+
+SUMMARY_FILE = "summary.txt"  # the run's summary table, as `speakertrip train` prints it
 from speakertrip.training.schedule import build_optimizer, learning_rate, set_learning_rate, warmup_steps
 
 INACTIVE_FRACTION = 0.01  # below this active-triplet fraction the loss has (almost) nothing to learn from
@@ -147,7 +150,7 @@ class Trainer:
 
         self.model = build_model(config)
         if config.model.init_from and not resume:
-            from speakertrip.models.artifact import initialise
+            from speakertrip.models.loading import initialise
 
             initialise(self.model, config.model.init_from)
         criterion = build_loss(config.loss.kind, embedding_dim=self.model.embedding_dim, num_classes=num_classes,
@@ -400,7 +403,8 @@ class Trainer:
             self.save("best.pt")
 
     def finish(self, seconds: float) -> Path:
-        """Average the last snapshots into ``model/``, plot the curves, print a summary table."""
+        """Average the last snapshots into ``model/``, plot the curves, write the summary (``summary.txt``, also
+        kept in ``self.summary`` as name/value rows) for the command to print."""
         if not self.dist.is_main:
             return self.exp_dir
         snapshots = list_snapshots(self.checkpoints)[-max(1, self.config.train.average_last):]
@@ -424,8 +428,8 @@ class Trainer:
                      ("dev minDCF(0.01)", f"{evaluation['min_dcf_0.01']:.4f}"),
                      ("EER threshold", f"{evaluation['eer_threshold']:.4f}")]
         rows.append(("model", str(model_dir)))
-        width = max(len(name) for name, _ in rows)
-        print("\n".join(f"{name:<{width}}  {value}" for name, value in rows))
+        self.summary = rows
+        (self.exp_dir / SUMMARY_FILE).write_text(format_fields(rows) + "\n")
         return self.exp_dir
 
 

@@ -32,7 +32,7 @@ from speakertrip.evaluation.score_summary import check_rate
 from speakertrip.models import embed_many, load_model
 from speakertrip.models.batched import item_duration
 from speakertrip.scoring.enrolment import check_scoring, speaker_scores
-from speakertrip.scoring.norm import apply_norm, cohort_stats, resolve_top_k
+from speakertrip.scoring.norm import apply_norm, cohort_stats, resolve_top_n
 from speakertrip.verification.enrolment_store import EnrolmentStore, ModelMismatchError, check_name, missing_store
 
 NORMS = (None, "asnorm")
@@ -263,8 +263,8 @@ class Verifier:
         if len(cohort) == 0:
             raise ConfigError(f"norm='asnorm' needs a cohort in {self.store.path}; add one with "
                               "Verifier.enroll_cohort(files) or `speakertrip enroll --cohort`")
-        top_k = resolve_top_k("asnorm", min(self.cohort_top_n, len(cohort)), len(cohort))
-        return apply_norm(scores, "asnorm", cohort_stats(enrolled, cohort, top_k), cohort_stats(test[None], cohort, top_k))
+        top_n = resolve_top_n("asnorm", min(self.cohort_top_n, len(cohort)), len(cohort))
+        return apply_norm(scores, "asnorm", cohort_stats(enrolled, cohort, top_n), cohort_stats(test[None], cohort, top_n))
 
 
 def _source(item: Any, index: int) -> str:
