@@ -24,7 +24,7 @@ LAYERS = [
     {"evaluation"},
     {"training"},
     {"verification"},
-    {"testing", "demo", "commands", "cli", "__init__", "__main__"},  # entry points
+    {"testing", "demo", "commands", "cli", "__init__", "__main__"},  # entry points and test tooling
 ]
 LAYER_OF = {name: index for index, names in enumerate(LAYERS) for name in names}
 
