@@ -32,3 +32,19 @@ class KeyNotFoundError(SpeakertripError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want the plain message
         return str(self.args[0]) if self.args else ""
+
+
+class StoreError(SpeakertripError):
+    """An enrolment store that cannot serve the request as asked (the service answers 403, 409 or 503)."""
+
+
+class ReadOnlyStoreError(StoreError):
+    """A write (enrol, remove) to a store opened read-only or by a role without write rights (HTTP 403)."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store's database cannot be reached now (restarting, down, out of connections); retry (HTTP 503)."""
+
+
+class CorruptStoreError(StoreError):
+    """The store's file or schema is damaged or of an incompatible version (HTTP 503, naming the store)."""
