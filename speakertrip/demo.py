@@ -61,36 +61,34 @@ def split_dev(train: Sequence[Utterance], dev_speakers: int, out: Path, seed: in
 
     Returns the paths of the remaining training manifest, the dev manifest and the dev trials.
     """
-    from speakertrip.corpora.synth import trial_lines
+    from speakertrip.data.split import hold_out_speakers, make_trials, write_trials
 
-    speakers = sorted({u.spk_id for u in train})
-    dev = set(speakers[len(speakers) - dev_speakers:])
-    fit_rows = [u for u in train if u.spk_id not in dev]
-    dev_rows = [u for u in train if u.spk_id in dev]
-    keys: dict[str, list[str]] = {}
-    for u in dev_rows:
-        keys.setdefault(u.spk_id, []).append(u.utt_id)
-    out.mkdir(parents=True, exist_ok=True)
+    fit_rows, dev_rows = hold_out_speakers(train, dev_speakers, seed=None, option="dev_speakers")
     paths = out / "fit.jsonl", out / "dev.jsonl", out / "dev_trials.txt"
     write_manifest(fit_rows, paths[0])
     write_manifest(dev_rows, paths[1])
-    paths[2].write_text("\n".join(trial_lines({s: sorted(k) for s, k in keys.items()}, sorted(dev), seed)) + "\n")
+    write_trials(make_trials(dev_rows, max_trials=None, seed=seed, balanced=True, cross_session=True), paths[2])
     return paths
 
 
-def training_config(settings: DemoSettings, data: tuple[Path, Path, Path], exp_dir: Path, seed: int) -> Any:
-    """The demo's :class:`speakertrip.training.config.TrainConfig`: small ECAPA, multi-positive hardest-k triplet."""
+def training_config(settings: DemoSettings, data: tuple[Path, Path | None, Path | None], exp_dir: Path, seed: int,
+                    loss: tuple[str, dict[str, Any]] | None = None) -> Any:
+    """The demo's :class:`speakertrip.training.config.TrainConfig`: small ECAPA and the demo's loss.
+
+    ``data`` is (fit, dev, dev trials); without a dev set (None) training validates nothing.
+    ``loss`` = (kind, options) replaces the demo's loss, as ``scripts/study_losses.py`` does.
+    """
     from speakertrip.training.config import TrainConfig
 
     fit, dev, dev_trials = data
+    kind, options = loss or ("multi_positive", {"margin": 0.3, "hardest_negatives": settings.k})
     return TrainConfig.from_dict({
-        "data": {"train": str(fit), "dev": str(dev), "dev_trials": str(dev_trials),
+        "data": {"train": str(fit), "dev": dev and str(dev), "dev_trials": dev_trials and str(dev_trials),
                  "crop_seconds": settings.crop_seconds, "workers": 1},
         "features": {"n_mels": settings.n_mels},
         "model": {"encoder": "ecapa", "options": {"channels": settings.channels, "embedding_dim": 128,
                                                   "attention_channels": 64, "se_channels": 64}},
-        "loss": {"kind": "multi_positive", "p": settings.p, "k": settings.k,
-                 "options": {"margin": 0.3, "hardest_negatives": settings.k}},
+        "loss": {"kind": kind, "p": settings.p, "k": settings.k, "options": options},
         "optim": {"lr": settings.lr},
         "train": {"exp_dir": str(exp_dir), "epochs": 1000, "steps": settings.steps, "seed": seed,
                   "device": "cpu", "log_every": max(1, settings.steps // 20),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import soundfile as sf
 from speakertrip.cli import main
 from speakertrip.corpora import synth
 from speakertrip.corpora.synth import generate_corpus, prepare_synth
+from speakertrip.data.trials import read_trials
 from speakertrip.errors import ConfigError
 
 SIZES = dict(num_speakers=6, num_test_speakers=3, utterances_per_speaker=4, sessions_per_speaker=2)
@@ -78,6 +80,9 @@ def test_trial_list_holds_only_held_out_speakers_balanced(prepared):
         assert (corpus / "wav" / enrol).is_file() and (corpus / "wav" / test).is_file()
         assert (enrol.split("/")[0] == test.split("/")[0]) == (label == "1")
     assert all(a.split("/")[1] != b.split("/")[1] for a, b in targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a repeated trial would warn (tests/test_split.py: none by construction)
+        assert len(read_trials(corpus / "veri_test2.txt")) == len(lines)
 
 
 def test_held_out_speakers_speak_other_languages(prepared):
@@ -138,18 +143,6 @@ def test_bad_sizes_are_clear_errors(tmp_path, sizes, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         generate_corpus(tmp_path, **{**SIZES, **sizes})
     assert not (tmp_path / "wav").exists()
-
-
-def test_trial_lines_match_a_brute_force_enumeration():
-    keys = {"id1": ["id1/a/00001.wav", "id1/a/00002.wav", "id1/b/00001.wav"],
-            "id2": ["id2/c/00001.wav", "id2/c/00002.wav"]}
-    lines = [line.split() for line in synth.trial_lines(keys, ["id1", "id2"])]
-    targets = {(a, b) for label, a, b in lines if label == "1"}
-    assert targets == {("id1/a/00001.wav", "id1/b/00001.wav"), ("id1/a/00002.wav", "id1/b/00001.wav"),
-                       ("id2/c/00001.wav", "id2/c/00002.wav")}  # one-session id2: pairs within its session
-    nontargets = [(a, b) for label, a, b in lines if label == "0"]
-    assert [a for a, _ in nontargets] == [a for label, a, _ in lines if label == "1"]
-    assert all(a.split("/")[0] != b.split("/")[0] for a, b in nontargets)
 
 
 def test_room_response_decay_and_channel_snr():

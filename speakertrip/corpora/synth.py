@@ -36,10 +36,11 @@ import soundfile as sf
 
 from speakertrip.audio.trim import trim_silence
 from speakertrip.corpora.espeak import engine
+from speakertrip.data.split import make_trials, write_trials
 from speakertrip.errors import ConfigError
 
 SAMPLE_RATE = 16000
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: veri_test2.txt without repeated trials (data.split.make_trials)
 TRAIN_LANGUAGES = ("en", "en-us", "en-gb-scotland", "de", "nl", "sv", "da", "fr", "es", "es-419", "it", "pt",
                    "pt-br", "ca", "ro", "pl", "cs", "sk", "hr", "sl", "fi", "et", "hu", "lv", "lt", "eu", "tr", "id")
 HELD_OUT_LANGUAGES = ("af", "nb", "is", "cy", "ga", "eo", "ia", "la", "sq", "mt", "sw", "ms", "vi")
@@ -205,20 +206,6 @@ def _generate_speaker(task: _SpeakerTask) -> list[tuple[str, float]]:
     return written
 
 
-def trial_lines(keys: dict[str, list[str]], test_speakers: list[str], seed: int = 0) -> list[str]:
-    """VoxCeleb trial lines over ``test_speakers``: every target pair across sessions (all pairs for a
-    one-session speaker), each matched by a non-target with the same enrolment utterance."""
-    rng = np.random.default_rng([seed, 4])
-    lines = []
-    for speaker in test_speakers:
-        own = keys[speaker]
-        pairs = [(a, b) for i, a in enumerate(own) for b in own[i + 1:] if a.split("/")[1] != b.split("/")[1]]
-        others = [key for other in test_speakers if other != speaker for key in keys[other]]
-        for enrol, test in pairs or [(a, b) for i, a in enumerate(own) for b in own[i + 1:]]:
-            lines += [f"1 {enrol} {test}", f"0 {enrol} {others[int(rng.integers(len(others)))]}"]
-    return lines
-
-
 def generate_corpus(out: str | Path, num_speakers: int = 50, num_test_speakers: int = 10,
                     utterances_per_speaker: int = 16, sessions_per_speaker: int = 4, seed: int = 0,
                     workers: int | None = None, duration: tuple[float, float] = (1.5, 3.0),
@@ -253,8 +240,9 @@ def generate_corpus(out: str | Path, num_speakers: int = 50, num_test_speakers: 
         keys_by_speaker[written[0][0].split("/")[0]] = [key for key, _ in written]
         seconds += sum(length for _, length in written)
     test_speakers = [voice.speaker for voice in voices[num_speakers - num_test_speakers:]]
-    trials = trial_lines({s: sorted(k) for s, k in keys_by_speaker.items()}, test_speakers, seed)
-    (out / "veri_test2.txt").write_text("\n".join(trials) + "\n")
+    trials = make_trials({key: speaker for speaker in test_speakers for key in keys_by_speaker[speaker]},
+                         max_trials=None, seed=seed, balanced=True, cross_session=True)
+    write_trials(trials, out / "veri_test2.txt")
     summary = {"parameters": parameters, "sample_rate": SAMPLE_RATE, "hours": round(seconds / 3600, 4),
                "utterances": num_speakers * utterances_per_speaker, "trials": len(trials),
                "test_speakers": test_speakers, "speakers": [asdict(voice) for voice in voices]}

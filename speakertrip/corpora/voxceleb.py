@@ -30,6 +30,7 @@ from typing import Sequence
 
 from speakertrip.audio.headers import HeaderCache
 from speakertrip.data.manifest import Utterance, build_utterances, write_manifest
+from speakertrip.data.split import hold_out_speakers, make_trials, split_by_speakers, write_trials
 from speakertrip.data.trials import read_trials
 from speakertrip.errors import FormatError, SpeakertripError
 
@@ -118,14 +119,12 @@ def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | P
         matched = _match_keys(listed, known, dropped_ids, source)
         if len(matched) < len(listed):
             print(f"{name}: left out {len(listed) - len(matched)} trials on files dropped by --skip-bad")
-        target = out / "trials" / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("".join(f"{label} {enrol} {test}\n" for label, enrol, test in matched))
+        target = write_trials(matched, out / "trials" / name)
         paths[target.stem] = target
         if not target.stem.startswith(WHOLE_VOX1_TRIALS):
             held_out |= {key.split("/")[0] for _, enrol, test in matched for key in (enrol, test)}
     if test_speakers:
-        held_out |= _hold_out_speakers(utterances, held_out, test_speakers, out, paths)
+        held_out |= _hold_out_test_speakers(utterances, held_out, test_speakers, out, paths)
     elif not held_out:
         reason = f"the trial lists ({', '.join(sorted(lists))}) span all of VoxCeleb1" if lists else \
             f"no trial list found ({', '.join(OFFICIAL_TRIALS)}) and none given"
@@ -133,41 +132,34 @@ def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | P
                       "Hold out speakers with --test-speakers N (prepare_voxceleb(..., test_speakers=N)) or give a "
                       "Vox1-O-style --trials FILE", stacklevel=2)
     if held_out:
-        paths["train"] = write_manifest([u for u in utterances if u.spk_id not in held_out], out / "train.jsonl")
-        paths["test"] = write_manifest([u for u in utterances if u.spk_id in held_out], out / "test.jsonl")
+        train, test = split_by_speakers(utterances, held_out)
+        paths["train"] = write_manifest(train, out / "train.jsonl")
+        paths["test"] = write_manifest(test, out / "test.jsonl")
     if progress:
         _print_summary(utterances, held_out, paths, len(dropped))
     return paths
 
 
-def _hold_out_speakers(utterances: list[Utterance], held_out: set[str], count: int, out: Path,
-                       paths: dict[str, Path]) -> set[str]:
+def _hold_out_test_speakers(utterances: list[Utterance], held_out: set[str], count: int, out: Path,
+                            paths: dict[str, Path]) -> set[str]:
     """The last ``count`` speakers by id not already held out; writes ``trials/test_speakers.txt`` over them
-    (:func:`speakertrip.corpora.synth.trial_lines` on at most 12 utterances a speaker, spread over the list)."""
-    from speakertrip.corpora.synth import trial_lines
-
-    free = sorted({u.spk_id for u in utterances} - held_out)
-    if not 2 <= count < len(free):
-        raise SpeakertripError(f"--test-speakers {count}: need 2 .. {len(free) - 1} (the corpus has {len(free)} "
-                               "speakers not held out already, and training needs at least one)")
-    chosen = free[-count:]
-    keys: dict[str, list[str]] = {speaker: [] for speaker in chosen}
-    for utterance in utterances:
-        if utterance.spk_id in keys:
-            keys[utterance.spk_id].append(utterance.utt_id)
-    keys = {speaker: sorted(own)[:: max(1, -(-len(own) // 12))] for speaker, own in keys.items()}
-    target = out / "trials" / "test_speakers.txt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("\n".join(dict.fromkeys(trial_lines(keys, chosen))) + "\n")  # random non-targets may repeat
-    paths[target.stem] = target
-    return set(chosen)
+    (:func:`speakertrip.data.split.make_trials`, balanced and across sessions, on at most 12 utterances a
+    speaker, spread over its sorted list)."""
+    free, _ = split_by_speakers(utterances, held_out)
+    _, chosen = hold_out_speakers(free, count, seed=None, option="--test-speakers")
+    keys: dict[str, list[str]] = {}
+    for utterance in chosen:
+        keys.setdefault(utterance.spk_id, []).append(utterance.utt_id)
+    listed = {key: speaker for speaker, own in keys.items() for key in sorted(own)[:: max(1, -(-len(own) // 12))]}
+    trials = make_trials(listed, max_trials=None, balanced=True, cross_session=True)
+    paths["test_speakers"] = write_trials(trials, out / "trials" / "test_speakers.txt")
+    return set(keys)
 
 
 def _print_summary(utterances: list[Utterance], held_out: set[str], paths: dict[str, Path], dropped: int) -> None:
     sets = {"utts": utterances}
     if held_out:
-        sets["train"] = [u for u in utterances if u.spk_id not in held_out]
-        sets["test"] = [u for u in utterances if u.spk_id in held_out]
+        sets["train"], sets["test"] = split_by_speakers(utterances, held_out)
     print(f"{'set':<16}{'speakers':>10}{'utterances':>12}{'hours':>9}  file")
     for name, subset in sets.items():
         hours = sum(u.duration for u in subset) / 3600
