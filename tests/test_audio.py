@@ -4,7 +4,7 @@ import soundfile as sf
 import torch
 import torchaudio.functional
 
-from speakertrip.audio import audio_info, load_audio, prepare_waveform, read_crop, to_float
+from speakertrip.audio import audio_info, load_audio, prepare_waveform, read_crop, resample, to_float
 from speakertrip.errors import AudioError
 from speakertrip.testing import speech_like, write_bad_audio
 
@@ -36,13 +36,14 @@ def test_reads_formats_and_downmixes(tmp_path, stereo, suffix, subtype, toleranc
 
 
 @pytest.mark.parametrize("source_rate", [8000, 44100])
-def test_resamples_with_torchaudio(tmp_path, source_rate):
+def test_resamples_close_to_torchaudio(tmp_path, source_rate):
     signal = speech_like(3, 0.5, source_rate)
     path = tmp_path / "a.wav"
     sf.write(path, signal, source_rate, subtype="FLOAT")
     loaded = load_audio(path, sample_rate=RATE)
     expected = torchaudio.functional.resample(torch.from_numpy(signal), source_rate, RATE).numpy()
-    np.testing.assert_allclose(loaded, expected, atol=1e-6)
+    np.testing.assert_allclose(loaded, expected, atol=3e-3)  # another low-pass filter: measured up to 2.4e-3
+    assert np.sqrt(np.mean((loaded - expected) ** 2) / np.mean(expected ** 2)) < 0.005
     assert len(loaded) == round(len(signal) * RATE / source_rate)
 
 
@@ -112,7 +113,7 @@ def test_read_crop_float_and_resampled(tmp_path):
     crop = read_crop(tmp_path / "a.wav", 4000, 2000)
     assert crop.dtype == np.float32
     np.testing.assert_array_equal(crop, signal[4000:6000])
-    full = torchaudio.functional.resample(torch.from_numpy(signal), 8000, RATE).numpy()
+    full = resample(signal, 8000, RATE)
     crop = read_crop(tmp_path / "a.wav", 4000, 6000, sample_rate=RATE)
     assert crop.dtype == np.float32 and len(crop) == 6000
     np.testing.assert_allclose(crop[200:-200], full[4200:9800], atol=2e-3)  # edges differ: filter context

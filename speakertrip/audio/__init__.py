@@ -14,6 +14,7 @@ from speakertrip.audio.io import (
                                   PathLike,
                                   Signal,
                                   audio_info,
+                                  check_sample_rate,
                                   load_audio,
                                   prepare_waveform,
                                   read_crop,
@@ -22,5 +23,5 @@ from speakertrip.audio.io import (
 )
 from speakertrip.audio.trim import trim_silence
 
-__all__ = ["AudioInfo", "PathLike", "Signal", "audio_info", "load_audio", "prepare_waveform", "read_crop",
+__all__ = ["AudioInfo", "PathLike", "Signal", "audio_info", "check_sample_rate", "load_audio", "prepare_waveform", "read_crop",
            "resample", "to_float", "trim_silence"]
