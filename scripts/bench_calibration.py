@@ -16,13 +16,17 @@
    utterance at every test duration.
 
 Every figure is printed beside its target. Run (a few minutes on 2 CPU cores; the dev corpus is made once):
-``PYTHONPATH=. .venv/bin/python scripts/bench_calibration.py [--model M --data DATA_DIR]``
-with DATA_DIR holding ``dev.jsonl`` and ``test.jsonl`` (the demo's ``synth/data``).
+``PYTHONPATH=. .venv/bin/python scripts/bench_calibration.py [--demo DEMO | --model M --data DATA_DIR]``
+with DATA_DIR holding ``dev.jsonl`` and ``test.jsonl``. Both default to a ``speakertrip demo`` run in DEMO
+(default ``demo_out``, where ``make demo`` writes: ``exp/model`` and ``synth/data``); when it is missing,
+``speakertrip demo --out DEMO`` makes it first (minutes on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,7 +42,6 @@ from speakertrip.evaluation.dev_calibration import DevCalibration
 from speakertrip.scoring.enrolment import ENROLMENT_SCORINGS, speaker_scores
 
 CUTS = (1.0, 2.0, 4.0, None)  # seconds kept from the start of a test utterance; None: all of it
-DEMO = Path("/work/demo_full/demo_out")
 DEV_SPEAKERS, DEV_SEED = 64, 7  # fresh synthetic speakers for the dev list: a seed other than the demo's (0)
 
 
@@ -121,11 +124,19 @@ def enrolment_table(embeddings: np.ndarray, speakers: list[str], draws: int, dev
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEMO / "exp" / "model")
-    parser.add_argument("--data", type=Path, default=DEMO / "synth" / "data", help="holds dev.jsonl and test.jsonl")
+    parser.add_argument("--demo", type=Path, default=Path("demo_out"),
+                        help="a `speakertrip demo` output folder, made there when needed and missing")
+    parser.add_argument("--model", type=Path, help="default DEMO/exp/model")
+    parser.add_argument("--data", type=Path, help="holds dev.jsonl and test.jsonl (default DEMO/synth/data)")
     parser.add_argument("--draws", type=int, default=20, help="random enrolment draws per size")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
+    if args.model is None or args.data is None:
+        args.model, args.data = args.model or args.demo / "exp" / "model", args.data or args.demo / "synth" / "data"
+        if not (args.model.exists() and (args.data / "test.jsonl").exists()):
+            print(f"no demo run in {args.demo}: running `speakertrip demo --out {args.demo}` (minutes on a CPU)",
+                  flush=True)
+            subprocess.run([sys.executable, "-m", "speakertrip", "demo", "--out", str(args.demo)], check=True)
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_calibration_"))
     model = st.load_model(args.model)
     rate = model.sample_rate

@@ -3,8 +3,8 @@
 
 In one run:
 
-1. the demo model's EER on real voices (``/work/shared/corpora/realvoices_dev.py``: 39 TTS voices, each
-   built from one real person's recordings), split into folds of speakers;
+1. the demo model's EER on real voices (the realvoices_dev corpus: 39 TTS voices, each built from one
+   real person's recordings), split into folds of speakers;
 2. per fold, ``speakertrip finetune`` on the other voices (its own dev speakers held out of those), then the
    EER on the fold's voices, which the fine-tuning never saw; folds rotate so every voice is evaluated once;
 3. the eSpeak held-out EER (the demo's test speakers and trial list) before and after, for forgetting;
@@ -14,31 +14,40 @@ In one run:
 
 Targets: real-voice EER after <= 0.6 x before; eSpeak held-out EER after <= 1.1 x before.
 
-    nice python scripts/bench_finetune.py --workdir /tmp/bench_finetune --splits 3 \
+    nice python scripts/bench_finetune.py --real REALVOICES/ --workdir /tmp/bench_finetune --splits 3 \
         --finetune-args "--source-statistics --lr 4e-4 --interpolation 0.7"
+
+The demo model and its eSpeak data come from ``--demo`` (default ``demo_out``, where ``make demo`` writes);
+when its model is missing, ``speakertrip demo --out DEMO`` makes it first (minutes on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-DEMO = Path("/work/demo_full/demo_out")
-REAL = Path("/work/realvoices/corpus")
+DEMO_FILES = {"model": "exp/model", "espeak_test": "synth/data/test.jsonl",
+              "espeak_trials": "synth/data/trials/veri_test2.txt", "source": "synth/data/fit.jsonl"}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=DEMO / "exp" / "model", help="the model to fine-tune")
-    parser.add_argument("--real", type=Path, default=REAL, help="real-voices corpus (VoxCeleb layout)")
-    parser.add_argument("--espeak-test", type=Path, default=DEMO / "synth" / "data" / "test.jsonl")
-    parser.add_argument("--espeak-trials", type=Path, default=DEMO / "synth" / "data" / "trials" / "veri_test2.txt")
-    parser.add_argument("--source", type=Path, default=DEMO / "synth" / "data" / "fit.jsonl",
-                        help="source-domain manifest mixed in against forgetting ('none' to switch off)")
+    parser.add_argument("--real", type=Path, required=True,
+                        help="real-voices corpus (VoxCeleb layout): the OUT folder of the realvoices_dev corpus "
+                             "builder script (run it with OUT; see its docstring for the apt packages)")
+    parser.add_argument("--demo", type=Path, default=Path("demo_out"),
+                        help="a `speakertrip demo` output folder, made there when its model is missing; the "
+                             "defaults of the next four options are inside it")
+    parser.add_argument("--model", type=Path, help="the model to fine-tune (default DEMO/exp/model)")
+    parser.add_argument("--espeak-test", type=Path, help="default DEMO/synth/data/test.jsonl")
+    parser.add_argument("--espeak-trials", type=Path, help="default DEMO/synth/data/trials/veri_test2.txt")
+    parser.add_argument("--source", type=Path, help="source-domain manifest mixed in against forgetting "
+                        "(default DEMO/synth/data/fit.jsonl; 'none' to switch off)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_finetune"))
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="*", default=[6, 13, 26],
@@ -49,7 +58,15 @@ def parse_args() -> argparse.Namespace:
                         "fine-tuning seed")
     parser.add_argument("--splits", type=int, default=1, help="repeat on this many splits (seeds --seed, "
                         "--seed + 1, ...; runs in WORKDIR/splitN) and judge the targets on their mean ratios")
-    return parser.parse_args()
+    args = parser.parse_args()
+    defaults = [name for name in DEMO_FILES if getattr(args, name) is None]
+    for name in defaults:
+        setattr(args, name, args.demo / DEMO_FILES[name])
+    if any(not getattr(args, name).exists() for name in defaults):
+        print(f"no demo run in {args.demo}: running `speakertrip demo --out {args.demo}` (minutes on a CPU)",
+              flush=True)
+        subprocess.run([sys.executable, "-m", "speakertrip", "demo", "--out", str(args.demo)], check=True)
+    return args
 
 
 def evaluate(model, utterances, trials_path: Path) -> float:

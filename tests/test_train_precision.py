@@ -51,7 +51,7 @@ def losses(exp) -> list[float]:
 
 @pytest.fixture
 def aot_eager(monkeypatch):
-    """Graph capture without code generation (DESIGN.md: inductor's first CPU compile takes minutes)."""
+    """Graph capture without code generation (docs/measurements.md: inductor's first CPU compile takes minutes)."""
     compiled = []
     original = torch.nn.Module.compile
 

@@ -34,7 +34,7 @@ class MultiPositiveTripletLoss(nn.Module):
     hardest_negatives : int or None
         Average only the k closest negatives of each anchor. ``None`` averages all of them, the
         literal formula, which stops learning early on real batches (random negatives are too
-        easy: see DESIGN.md, "Measured"); ``k = K`` of the P×K batch trains well.
+        easy: see docs/measurements.md); ``k = K`` of the P×K batch trains well.
     hardest_positives : int or None
         Average only the k farthest positives of each anchor (None: all).
     semi_hard_negatives : bool

@@ -77,7 +77,7 @@ class TrainingModule(nn.Module):
 
 class ActivityWatch:
     """Says once when the active-triplet fraction has stayed below ``INACTIVE_FRACTION`` for
-    ``patience`` steps after ``warmup`` (DESIGN.md: the mean over all negatives stops learning so).
+    ``patience`` steps after ``warmup`` (docs/measurements.md: the mean over all negatives stops learning so).
 
     >>> watch = ActivityWatch(warmup=0, patience=20)
     >>> [watch.update(step, 0.0) for step in (10, 20, 30, 40)]
