@@ -24,8 +24,9 @@ FAST = ["--steps", "6", "--validate-every", "2", "--patience", "5", "--speakers-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
-    return make_voxceleb_tree(root / "corpus", num_speakers=6, sessions=2, utterances_per_session=2,
-                              duration=(0.6, 1.0), trial_list=False), tiny_model_artifact(root / "model")
+    tree = make_voxceleb_tree(root / "corpus", num_speakers=6, sessions=2, utterances_per_session=2,
+                              duration=(0.6, 1.0), trial_list=False)
+    return tree / "wav", tiny_model_artifact(root / "model")  # the folder whose subfolders are the speakers
 
 
 def test_finetune_end_to_end_and_resume(corpus, tmp_path, capsys):
@@ -99,7 +100,7 @@ def test_freeze_layers_and_bad_options(corpus, tmp_path):
     assert norms and all(norm in list(frame_layers(tdnn.encoder)[0].modules()) for norm in norms)
     with pytest.raises(ConfigError, match=r"--steps must be >= 1, got 0"):  # before the data is read
         finetune(model, tmp_path / "missing", tmp_path / "z", FinetuneConfig(steps=0))
-    few = make_voxceleb_tree(tmp_path / "few", num_speakers=3, trial_list=False)
+    few = make_voxceleb_tree(tmp_path / "few", num_speakers=3, trial_list=False) / "wav"
     assert main(["finetune", "--model", str(model), "--data", str(few), "--out", str(tmp_path / "x"),
                  "--dev-speakers", "2"]) == 2
     assert main(["finetune", "--model", str(model), "--data", str(tmp_path / "missing"),

@@ -9,7 +9,7 @@ import torch
 
 from speakertrip.cli import main
 from speakertrip.models import EmbeddingModel, load_model
-from speakertrip.extraction import find_items
+from speakertrip.data.items import read_items
 from speakertrip.data.embedding_store import load_store
 from speakertrip.features import FeatureConfig
 from speakertrip.evaluation import DevCalibration
@@ -100,7 +100,7 @@ def test_embed_folder_and_manifest(setup, capsys, tmp_path):
     assert status == 2 and "no such folder or manifest" in err
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match="no audio files"):
-        find_items(tmp_path / "empty")
+        read_items(tmp_path / "empty")
 
 
 def test_embed_sharded_over_torchrun_ranks(setup, tmp_path):

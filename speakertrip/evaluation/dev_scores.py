@@ -17,7 +17,7 @@ from torch import nn
 from speakertrip.data.embedding_store import EmbeddingStore, load_store
 from speakertrip.data.trials import Trials, read_trials
 from speakertrip.errors import ConfigError, FormatError, KeyNotFoundError
-from speakertrip.extraction import find_items
+from speakertrip.data.items import read_items
 from speakertrip.extraction.corpus import embed_across_ranks
 from speakertrip.models.batched import item_duration
 from speakertrip.scoring import OperatingPoints, ScoreGroups, check_trials, score_trials
@@ -95,5 +95,5 @@ def dev_scores(model: nn.Module, trials: str | Path, data: str | Path | None = N
     listed = labelled_trials(trials)
     if embeddings is not None:
         return DevScores(score_trials(listed, load_store(embeddings)), listed.labels, source=listed.source)
-    keys, items = find_items(data)
-    return score_dev_trials(model, dict(zip(keys, items)), listed, progress=progress)
+    found = read_items(data)
+    return score_dev_trials(model, dict(zip(found.keys, found.items)), listed, progress=progress)

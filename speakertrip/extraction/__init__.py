@@ -17,6 +17,6 @@ The model and its ``embed`` / ``embed_batch`` live in :mod:`speakertrip.models`;
 
 from __future__ import annotations
 
-from speakertrip.extraction.corpus import embed_corpus, find_items
+from speakertrip.extraction.corpus import embed_corpus
 
-__all__ = ["embed_corpus", "find_items"]
+__all__ = ["embed_corpus"]

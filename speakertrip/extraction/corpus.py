@@ -1,8 +1,8 @@
 """Embedding a whole corpus (an audio folder or a manifest) into a store, sharded across torchrun ranks.
 
-A directory is scanned for audio (keys: paths relative to it, as VoxCeleb trial lists write
-them); a manifest (``.jsonl``) gives ``utt_id`` keys. Under ``torchrun`` each rank embeds every
-WORLD_SIZE-th utterance, writes ``<out>.rank<R>.npz`` and rank 0 merges them into ``out``.
+What ``data`` means (keys, items) is :func:`speakertrip.data.items.read_items`'s: a folder's keys are paths
+relative to it, a manifest's are ``utt_id`` s. Under ``torchrun`` each rank embeds every WORLD_SIZE-th
+utterance, writes ``<out>.rank<R>.npz`` and rank 0 merges them into ``out``.
 """
 
 from __future__ import annotations
@@ -14,28 +14,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from speakertrip.data.manifest import read_manifest
-from speakertrip.errors import SpeakertripError
-from speakertrip.models.batched import embed_many, item_duration
 from speakertrip.data.embedding_store import EmbeddingStore, load_store, save_store
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-
-
-def find_items(data: str | Path) -> tuple[list[str], list]:
-    """Keys and items (paths or manifest utterances) of a folder or manifest, in a stable order."""
-    data = Path(data)
-    if data.is_dir():
-        paths = sorted(p for p in data.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-        if not paths:
-            raise SpeakertripError(f"{data}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found in this folder")
-        return [p.relative_to(data).as_posix() for p in paths], paths
-    if not data.is_file():
-        raise SpeakertripError(f"{data}: no such folder or manifest")
-    utterances = read_manifest(data)
-    if not utterances:
-        raise SpeakertripError(f"{data}: the manifest lists no utterances")
-    return [u.utt_id for u in utterances], utterances
+from speakertrip.data.items import read_items
+from speakertrip.models.batched import embed_many, item_duration
 
 
 def embed_across_ranks(model: nn.Module, items: list, rank: int = 0, world_size: int = 1,
@@ -68,7 +49,8 @@ def embed_corpus(model: nn.Module, data: str | Path, out: str | Path, **options:
     """
     out = Path(out)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    keys, items = find_items(data)
+    found = read_items(data)
+    keys, items = found.keys, found.items
     mine = list(range(rank, len(keys), world))
     embeddings = embed_many(model, [items[i] for i in mine], **options)
     if world > 1:

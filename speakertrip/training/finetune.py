@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
+from speakertrip.data.items import read_items
 from speakertrip.data.manifest import Utterance, read_manifest, write_manifest
-from speakertrip.data.split import hold_out_speakers, make_trials, write_trials
-from speakertrip.errors import ConfigError, SpeakertripError
+from speakertrip.data.split import choose_speakers, hold_out_speakers, make_trials, split_by_speakers, write_trials
+from speakertrip.errors import ConfigError
 from speakertrip.plain_yaml import plain_data
 from speakertrip.training.averaging import SNAPSHOT_PATTERN, list_snapshots
 from speakertrip.training.batchnorm import batch_norms, reestimate_batchnorm
@@ -67,35 +67,24 @@ class FinetuneResult:
         return {key: str(value) if isinstance(value, Path) else value for key, value in dataclasses.asdict(self).items()}
 
 
-def read_utterances(source: str | Path, workdir: Path, name: str) -> list[Utterance]:
-    """A manifest file, or a VoxCeleb-layout folder (prepared into ``workdir/name``)."""
-    source = Path(source)
-    if source.is_dir():
-        from speakertrip.corpora.voxceleb import prepare_voxceleb
-
-        return read_manifest(prepare_voxceleb(source, workdir / name, progress=False)["utts"])
-    if source.is_file():
-        return read_manifest(source)
-    raise SpeakertripError(f"{source}: no such folder or manifest (give a VoxCeleb-layout folder "
-                           "<root>/idNNNNN/<video>/<utt>.wav or a JSONL manifest from `speakertrip prepare`)")
-
-
 def _source_utterances(path: str, count: int, seed: int) -> list[Utterance]:
     utterances = read_manifest(path)
-    speakers = sorted({u.spk_id for u in utterances})
-    chosen = set(np.random.default_rng(seed + 1).permutation(speakers)[:count].tolist())
+    chosen = choose_speakers((u.spk_id for u in utterances), count, seed + 1)
     return [dataclasses.replace(u, utt_id=SOURCE_PREFIX + u.utt_id, spk_id=SOURCE_PREFIX + u.spk_id)
             for u in utterances if u.spk_id in chosen]
 
 
 def prepare_finetune_data(data: str | Path, out: Path, config: FinetuneConfig,
                           dev: str | Path | None = None) -> dict[str, Path]:
-    """Write ``out/{train,dev}.jsonl`` and ``out/dev_trials.txt``; returns their paths by name."""
-    utterances = read_utterances(data, out, "corpus")
+    """Write ``out/{train,dev}.jsonl`` and ``out/dev_trials.txt``; returns their paths by name.
+
+    ``data`` and ``dev`` are read by :func:`speakertrip.data.items.read_items`: an audio folder in the VoxCeleb
+    layout (a file's speaker is its first folder under it) or a manifest.
+    """
+    utterances = read_items(data).utterances()
     if dev is not None:
-        dev_set = read_utterances(dev, out, "dev_corpus")
-        held_out = {u.spk_id for u in dev_set}
-        train = [u for u in utterances if u.spk_id not in held_out]  # a dev speaker never trains
+        dev_set = read_items(dev).utterances()
+        train, _ = split_by_speakers(utterances, {u.spk_id for u in dev_set})  # a dev speaker never trains
     else:
         train, dev_set = hold_out_speakers(utterances, config.dev_speakers, config.seed)
     train_speakers = len({u.spk_id for u in train})
