@@ -2,7 +2,8 @@
 
 The app is :mod:`speakertrip.verification.app`; this module parses options, refuses unsafe
 set-ups (a non-loopback address without a token), checks the store against the model before
-listening, and runs uvicorn (SIGTERM: in-flight requests finish, then the process exits).
+listening, and runs uvicorn with the connection limits of :mod:`speakertrip.verification.connections`
+(SIGTERM: in-flight requests finish, the store is closed, then the process exits).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other "
                         "than loopback needs --token-file)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="without a token, also answer requests whose Host is NAME (a name a local proxy "
+                             "forwards); by default only localhost, 127.0.0.1 and ::1. Repeatable")
     parser.add_argument("--token-file", type=Path, default=None,
                         help="file holding a bearer token that every route but /health requires")
     parser.add_argument("--workers", type=int, default=1, help="server processes sharing the store (default 1)")
@@ -27,7 +31,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="torch CPU threads per worker (default: the cores divided among the workers)")
     parser.add_argument("--max-audio-seconds", type=float, default=60.0, help="longest audio part accepted (60)")
     parser.add_argument("--min-audio-seconds", type=float, default=0.5, help="shortest audio part accepted (0.5)")
+    parser.add_argument("--max-request-audio-seconds", type=float, default=300.0,
+                        help="most audio in one request, all parts together (300)")
+    parser.add_argument("--max-parts", type=int, default=20, help="most audio parts in one enrolment (20)")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body accepted, MiB (20)")
+    parser.add_argument("--header-timeout", type=float, default=10.0,
+                        help="seconds a client has to send a request's headers (10)")
+    parser.add_argument("--body-timeout", type=float, default=120.0,
+                        help="seconds a client has to send a request's body after its headers (120)")
+    parser.add_argument("--max-connections", type=int, default=200,
+                        help="open connections per worker; beyond it the slowest one waiting for headers is "
+                             "closed (200)")
     parser.add_argument("--batch-window-ms", type=float, default=5.0,
                         help="how long a lone request waits for others to share its forward pass (5 ms)")
     parser.add_argument("--threshold", type=float, default=None,
@@ -63,10 +77,21 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise ConfigError(f"speakertrip serve needs the serve extra ({error.name} is missing): "
                           "pip install 'speakertrip[serve]'") from None
-    from speakertrip.verification.service import ServiceSettings
+    from speakertrip.verification.service import ServiceSettings, check_device
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0-65535 (0 picks a free one), got {args.port}")
+    for name in ("max_parts", "max_connections"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("header_timeout", "body_timeout", "max_request_audio_seconds"):
+        if not getattr(args, name) > 0 or getattr(args, name) == float("inf"):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive number of seconds, got "
+                              f"{getattr(args, name)}")
     if args.token_file is None and not is_loopback(args.host):
         raise ConfigError(f"refusing to listen on {args.host} without a token: anyone who reaches it could enrol "
                           "and delete speakers. Pass --token-file FILE (or listen on 127.0.0.1)")
@@ -75,9 +100,14 @@ def run(args: argparse.Namespace) -> int:
         model=str(args.model), store=str(args.store), device=args.device, threshold=args.threshold, norm=args.norm,
         token_file=None if args.token_file is None else str(args.token_file), threads=threads,
         max_audio_seconds=args.max_audio_seconds, min_audio_seconds=args.min_audio_seconds,
-        max_upload_mb=args.max_upload_mb, batch_window_ms=args.batch_window_ms)
+        max_request_audio_seconds=args.max_request_audio_seconds, max_parts=args.max_parts,
+        max_upload_mb=args.max_upload_mb, batch_window_ms=args.batch_window_ms,
+        allowed_hosts=(*args.allowed_host, args.host),
+        header_timeout=args.header_timeout, body_timeout=args.body_timeout, max_connections=args.max_connections)
     settings.read_token()  # a bad token file fails here, before anything listens
-    options = dict(host=args.host, port=args.port, timeout_graceful_shutdown=30, access_log=not args.no_access_log)
+    check_device(settings.device)
+    options = dict(host=args.host, port=args.port, timeout_graceful_shutdown=30, access_log=not args.no_access_log,
+                   http=service_app.configure_connections(settings))
     if args.workers == 1:
         app = service_app.create_app(settings)  # loads the model and checks the store: errors exit 2
         service = app.state.service
@@ -85,11 +115,11 @@ def run(args: argparse.Namespace) -> int:
         uvicorn.run(app, **options)
         return 0
     from speakertrip.models import load_model
-    from speakertrip.verification.enrolment_store import EnrolmentStore
+    from speakertrip.verification.stores import open_store
     from speakertrip.verification.verifier import Verifier
 
     model = load_model(settings.model, settings.device)
-    store = EnrolmentStore(settings.store, model.identity, model.embedding_dim)  # a service may start empty
+    store = open_store(settings.store, model.identity, model.embedding_dim)  # a service may start empty
     verifier = Verifier(model, store=store, threshold=settings.threshold, norm=settings.norm)  # the model check
     _announce(verifier.model.identity, verifier.threshold, len(verifier.store), settings, args.workers)
     verifier.store.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, Mapping
@@ -153,7 +154,24 @@ def load_torch_data(path: str | Path, expected: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for a bad or unsafe file
-        raise FormatError(f"not {expected} loadable with weights_only=True: {error}", path) from None
+        raise FormatError(_unloadable(str(error), expected), path) from None
+
+
+def _unloadable(message: str, expected: str) -> str:
+    """One line for torch's many-line refusal, without its advice to load the file unsafely.
+
+    >>> _unloadable("Weights only load failed. ... Unsupported global: GLOBAL os.system was not allowed", "x")
+    'holds Python code (os.system), not only tensors and plain data: refused (loading it would run that code)'
+    """
+    code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    if code:
+        return (f"holds Python code ({code.group(1)}), not only tensors and plain data: refused (loading it would "
+                "run that code)")
+    if "Weights only load failed" in message:
+        reason = re.search(r"(Unsupported [^\n.]*)", message)
+        return f"not {expected}: the file is damaged or not a torch file ({reason.group(1) if reason else 'unreadable'})"
+    first = message.strip().splitlines()[0] if message.strip() else "unreadable"
+    return f"not {expected} readable as a torch file: {first}"
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

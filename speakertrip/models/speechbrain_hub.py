@@ -9,11 +9,14 @@ with ``weights_only=True``. The result embeds exactly as SpeechBrain's ``Encoder
 (then L2-normalised); ``embedding_norm=True`` also folds ``mean_var_norm_emb`` (``encode_batch(...,
 normalize=True)``) into the last layer's bias.
 
-Hub ids are fetched with ``huggingface_hub`` into its cache (``pip install 'speakertrip[hub]'``).
+Hub ids are fetched with ``huggingface_hub`` into its cache (``pip install 'speakertrip[hub]'``). A source
+is fetched only when it says so: ``hf:owner/name`` (any owner), or ``owner/name`` whose owner is one of
+:data:`KNOWN_PUBLISHERS` (``speechbrain/spkrec-ecapa-voxceleb``). Anything else is a local path, so a
+mistyped folder (``typo/model``) is an error naming it, never a download of a stranger's repository.
+The example downloads from the hub, so the tests skip it (they run without a network):
 
->>> model = import_speechbrain("speechbrain/spkrec-ecapa-voxceleb")   # doctest: +SKIP
->>> model.encoder_name, model.embedding_dim                          # doctest: +SKIP
-('ecapa', 192)
+>>> import_speechbrain("speechbrain/spkrec-ecapa-voxceleb").embedding_dim   # doctest: +SKIP
+192
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 from speakertrip.features import FeatureConfig
 from speakertrip.models.artifact import load_state, load_torch_data, read_weights
 from speakertrip.models.embedding_model import EmbeddingModel
-from speakertrip.models.safe_hyperparams import Tagged, read_hyperparams, resolve
+from speakertrip.audio.io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from speakertrip.models.safe_hyperparams import Tagged, read_hyperparams_file, resolve
 from speakertrip.plain_yaml import write_yaml
 
 HYPERPARAMS_FILE = "hyperparams.yaml"
@@ -38,7 +42,11 @@ EMBEDDING_FILE = "embedding_model.ckpt"
 EMBEDDING_NORM_FILE = "mean_var_norm_emb.ckpt"
 IMPORT_RECORD = "imported_from.yaml"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+HUB_PREFIX = "hf:"  # makes any hub id explicit: hf:owner/name[@revision]
+KNOWN_PUBLISHERS = frozenset({"speechbrain"})  # owners whose owner/name is taken as a hub id without hf:
 HUB_URL = "https://huggingface.co"
+MAX_FFT = 16384  # bounds on a hyperparams file's frontend, checked before anything is allocated
+MAX_MELS = 512
 
 FBANK = "speechbrain.lobes.features.Fbank"
 INPUT_NORMALIZATION = "speechbrain.processing.features.InputNormalization"
@@ -73,9 +81,40 @@ class SpeechBrainSpec:
     embedding_norm: dict[str, Any] | None  # mean_var_norm_emb's settings, when the file has one
 
 
+def hub_repo(source: str | Path) -> str | None:
+    """The hub repository (``owner/name[@revision]``) that ``source`` asks to fetch, or None for a local path:
+    ``hf:owner/name``, or ``owner/name`` of a known publisher that is not an existing path.
+
+    >>> hub_repo("speechbrain/spkrec-ecapa-voxceleb"), hub_repo("hf:someone/model@v1"), hub_repo("typo/model")
+    ('speechbrain/spkrec-ecapa-voxceleb', 'someone/model@v1', None)
+    """
+    if not isinstance(source, str):
+        return None
+    if source.startswith(HUB_PREFIX):
+        repo = source[len(HUB_PREFIX):]
+        if not HUB_ID.match(repo):
+            raise ConfigError(f"{source}: expected {HUB_PREFIX}owner/name or {HUB_PREFIX}owner/name@revision")
+        return repo
+    if HUB_ID.match(source) and source.split("/")[0] in KNOWN_PUBLISHERS and not Path(source).exists():
+        return source
+    return None
+
+
 def is_hub_id(source: str | Path) -> bool:
-    """True for ``"owner/name"`` (optionally ``@revision``) that is not an existing path."""
-    return isinstance(source, str) and HUB_ID.match(source) is not None and not Path(source).exists()
+    """True when ``source`` is fetched from the hub (:func:`hub_repo`)."""
+    return hub_repo(source) is not None
+
+
+def check_local_source(source: str | Path) -> None:
+    """SpeakertripError naming ``source`` when it is neither a hub id nor an existing path; for a path shaped
+    like ``owner/name`` it says how to ask for the hub repository instead."""
+    if is_hub_id(source) or Path(source).exists():
+        return
+    hint = ""
+    if isinstance(source, str) and HUB_ID.match(source):
+        hint = (f"; it is not fetched from the hub, as only {', '.join(sorted(KNOWN_PUBLISHERS))}/... ids are: "
+                f"to download that repository write {HUB_PREFIX}{source}")
+    raise SpeakertripError(f"{source}: no such file or folder{hint}")
 
 
 def _module(hparams: dict[str, Any], key: str, targets: tuple[str, ...], path: Path) -> tuple[str, dict[str, Any]]:
@@ -116,6 +155,7 @@ def describe_speechbrain(hparams: dict[str, Any], path: Path) -> SpeechBrainSpec
         raise FormatError("mean_var_norm: only per-sentence mean normalisation (norm_type: sentence) is supported, "
                           f"not norm_type={norm['norm_type']!r}, mean_norm={norm['mean_norm']!r}", path)
     try:
+        _check_sizes(fbank, path)
         rate = int(fbank["sample_rate"])
         features = FeatureConfig.speechbrain(
             sample_rate=rate, n_mels=int(fbank["n_mels"]), n_fft=int(fbank["n_fft"]),
@@ -139,6 +179,20 @@ def describe_speechbrain(hparams: dict[str, Any], path: Path) -> SpeechBrainSpec
         embedding_norm = _settings(_module(hparams, "mean_var_norm_emb", (INPUT_NORMALIZATION,), path)[1],
                                    NORM_DEFAULTS, "mean_var_norm_emb", path)
     return SpeechBrainSpec(features, encoder, settings, embedding_norm)
+
+
+def _check_sizes(fbank: dict[str, Any], path: Path) -> None:
+    """FormatError unless the frontend's sizes are numbers within what a speaker model uses (before any
+    filter bank or window is allocated from them)."""
+    bounds = {"sample_rate": (MIN_SAMPLE_RATE, MAX_SAMPLE_RATE), "n_fft": (16, MAX_FFT), "n_mels": (1, MAX_MELS),
+              "win_length": (1, 1000), "hop_length": (1, 1000)}  # the last two in milliseconds
+    for name, (low, high) in bounds.items():
+        value = fbank[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise FormatError(f"compute_features: {name}={value!r} is outside {low}..{high}", path)
+    if fbank["n_mels"] > fbank["n_fft"] // 2 + 1:
+        raise FormatError(f"compute_features: n_mels={fbank['n_mels']} is over n_fft // 2 + 1 "
+                          f"({fbank['n_fft'] // 2 + 1})", path)
 
 
 def _check_encoder(model: EmbeddingModel, spec: SpeechBrainSpec, path: Path) -> None:
@@ -189,8 +243,9 @@ def required_files(embedding_norm: bool = False) -> tuple[str, ...]:
 def speechbrain_folder(source: str | Path, embedding_norm: bool = False,
                        cache_dir: str | Path | None = None) -> Path:
     """The local folder of ``source`` (fetched into the hub cache for a hub id), checked for the files it needs."""
-    folder = Path(fetch_from_hub(str(source), required_files(embedding_norm), cache_dir)
-                  if is_hub_id(source) else source)
+    check_local_source(source)
+    repo = hub_repo(source)
+    folder = Path(fetch_from_hub(repo, required_files(embedding_norm), cache_dir) if repo else source)
     if not folder.is_dir():
         raise SpeakertripError(f"{folder}: no such folder (expected a SpeechBrain model folder with "
                                f"{' and '.join(required_files(embedding_norm))}, or a hub id like "
@@ -230,9 +285,13 @@ def load_speechbrain_checkpoint(path: str | Path, feature_config: FeatureConfig 
     80 mels, 192-d). Features default to ``FeatureConfig.speechbrain(n_mels=...)``, what
     SpeechBrain's recipes compute, so the embeddings match SpeechBrain's before fine-tuning.
 
-    >>> model = load_speechbrain_checkpoint("spkrec-ecapa-voxceleb/embedding_model.ckpt")  # doctest: +SKIP
-    >>> model.encoder_options["channels"], model.embedding_dim  # doctest: +SKIP
-    (1024, 192)
+    >>> import tempfile
+    >>> from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+    >>> path = Path(tempfile.mkdtemp()) / "embedding_model.ckpt"
+    >>> torch.save(ECAPA_TDNN(24, channels=[32, 32, 32, 32, 96], lin_neurons=16).state_dict(), path)  # as SpeechBrain saves it
+    >>> model = load_speechbrain_checkpoint(path)
+    >>> model.encoder_options["channels"], model.embedding_dim
+    (32, 16)
     """
     path = Path(path)
     if not path.is_file():
@@ -261,8 +320,7 @@ def import_speechbrain(source: str | Path, embedding_norm: bool = False,
     """
     folder = speechbrain_folder(source, embedding_norm, cache_dir)
     hparams_path = folder / HYPERPARAMS_FILE
-    spec = describe_speechbrain(read_hyperparams(hparams_path.read_text(encoding="utf-8"), hparams_path),
-                                hparams_path)
+    spec = describe_speechbrain(read_hyperparams_file(hparams_path), hparams_path)
     model = load_speechbrain_checkpoint(folder / EMBEDDING_FILE, spec.features)
     _check_encoder(model, spec, hparams_path)
     if embedding_norm:
