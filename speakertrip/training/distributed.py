@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,6 +30,19 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` (a picklable Python value) on every rank; a collective. Decisions that change
+        which collectives a rank runs next (stop, save) must come from one value, or the ranks hang.
+
+        >>> Distributed().broadcast(0.25)  # one process: the value itself
+        0.25
+        """
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

@@ -156,6 +156,7 @@ class Trainer:
         criterion = build_loss(config.loss.kind, embedding_dim=self.model.embedding_dim, num_classes=num_classes,
                                **config.loss.options)
         self.module = TrainingModule(self.model, criterion, group_size=config.loss.k).to(device)
+        self.prepare_model()  # before DDP wraps it: DDP registers only the parameters that then train
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop shapes: pick the fastest kernels once
         self.compiled = loop.compile is True or (loop.compile == "auto" and device.type == "cuda")
@@ -183,6 +184,9 @@ class Trainer:
         self.activity = ActivityWatch(warmup_steps(config.schedule, self.total_steps),
                                       max(2 * loop.log_every, self.total_steps // 20))
         torch.manual_seed(loop.seed + distributed.rank)  # different dropout / SpecAugment draws per rank
+
+    def prepare_model(self) -> None:
+        """Change the model before it is compiled and wrapped in DDP (subclasses freeze layers here)."""
 
     # ---------------------------------------------------------------- state
     def state(self, rng_states: list[dict[str, Any]]) -> dict[str, Any]:
@@ -398,9 +402,14 @@ class Trainer:
             self.log.write(kind="validation", step=self.step, epoch=self.epoch, **metrics)
             tqdm.write(f"step {self.step}: dev EER {100 * metrics['eer']:.2f} %, "
                        f"minDCF(0.01) {metrics['min_dcf_0.01']:.3f}")
-        if not self.best or metrics["eer"] < self.best["eer"]:  # every rank has the same metrics
-            self.best = {"eer": metrics["eer"], "step": self.step}
+        eer = self.dist.broadcast(metrics["eer"])  # rank 0's: every rank takes the same decision
+        if not self.best or self.improves(eer):
+            self.best = {"eer": eer, "step": self.step}
             self.save("best.pt")
+
+    def improves(self, eer: float) -> bool:
+        """Whether a dev EER beats ``self.best`` (strictly lower)."""
+        return eer < self.best["eer"]
 
     def finish(self, seconds: float) -> Path:
         """Average the last snapshots into ``model/``, plot the curves, write the summary (``summary.txt``, also
