@@ -111,3 +111,35 @@ def test_bad_inputs_name_the_file(model, tmp_path):
         embed_one(model, ["a.wav"])
     with pytest.raises(AudioError, match="after trimming silence"):
         embed_one(model, np.concatenate([np.zeros(16000), [0.5]]).astype(np.float32), 16000, trim_db=20)
+
+
+def _gather_on_rank(rank: int, world: int, port: int) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from speakertrip.extraction.corpus import gather_rank_shards, rank_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    for total in (7, 2):  # uneven shards; a rank without items
+        rows = np.arange(total * 3, dtype=np.float32).reshape(total, 3)
+        mine = rank_shard(rows, rank, world)
+        shard = mine if len(mine) else np.zeros((0,), np.float32)  # what embed_many gives a rank without items
+        assert np.array_equal(gather_rank_shards(shard, total, rank, world), rows)
+        on_zero = gather_rank_shards(shard, total, rank, world, everywhere=False)
+        assert on_zero is None if rank else np.array_equal(on_zero, rows)
+    dist.destroy_process_group()
+
+
+def test_rank_shards_gather_back_in_item_order():
+    """The one shard choice (items[rank::world]) and merge order, everywhere (validation) or on rank 0 alone
+    (embed_corpus), over three gloo ranks."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_gather_on_rank, args=(3, port), nprocs=3)
