@@ -6,10 +6,12 @@ multi-positive triplet loss (mean of the k hardest negatives), and the held-out 
 scored three ways: the trained model, the same encoder untrained, and a non-learned baseline
 (mean log-mel + cosine). Two held-out speakers are then enrolled with :class:`speakertrip.Verifier`.
 
+The trained model's EER comes out below the untrained encoder's, itself below the baseline's. Even the
+quick run trains for a while (about 15 s on 2 cores), so the tests skip the example
+(``tests/test_demo.py`` runs it and checks that order):
+
 >>> from speakertrip.demo import run_demo
->>> results = run_demo("demo_out", quick=True)                                  # doctest: +SKIP
->>> results[TRAINED]["eer"] < results[UNTRAINED]["eer"] < results[BASELINE]["eer"]  # doctest: +SKIP
-True
+>>> results = run_demo("demo_out", quick=True)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -123,8 +123,14 @@ class AugmentPlan(NamedTuple):
 class Augmenter:
     """Applies an :class:`AugmentConfig` to training batches.
 
-    >>> augment = Augmenter(AugmentConfig(musan="musan", rirs="RIRS_NOISES"), num_speakers=1211)  # doctest: +SKIP
-    >>> waves, labels = augment(batch.waveforms.cuda(), batch.labels.cuda(), batch.lengths.cuda())  # doctest: +SKIP
+    >>> import tempfile
+    >>> from speakertrip.testing import make_musan_tree, make_rir_tree
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> config = AugmentConfig(musan=str(make_musan_tree(folder / "musan")), rirs=str(make_rir_tree(folder / "rirs")))
+    >>> augment = Augmenter(config, num_speakers=2)
+    >>> waves, labels = augment(torch.randn(4, 16000), torch.tensor([0, 0, 1, 1]))  # batches on the training device
+    >>> waves.shape, labels.tolist()
+    (torch.Size([4, 16000]), [0, 0, 1, 1])
     """
 
     def __init__(self, config: AugmentConfig, num_speakers: int, sample_rate: int = 16000, seed: int = 0):

@@ -215,8 +215,13 @@ def prepare_waveform(signal: Signal, sample_rate: int, target_rate: int | None =
 def load_audio(path: PathLike, sample_rate: int | None = None, min_duration: float = 0.0) -> np.ndarray:
     """Read a whole file as mono float32, resampled to ``sample_rate`` when given.
 
-    >>> load_audio("speaker1/utt1.wav", sample_rate=16000)  # doctest: +SKIP
-    array([ 0.0012, ...], dtype=float32)
+    >>> import tempfile
+    >>> from speakertrip.testing import speech_like
+    >>> path = Path(tempfile.mkdtemp()) / "utt1.wav"
+    >>> sf.write(path, speech_like(speaker=1, duration=1.0), 16000)
+    >>> signal = load_audio(path, sample_rate=8000)
+    >>> signal.dtype, signal.shape
+    (dtype('float32'), (8000,))
 
     Raises AudioError naming the file when it is missing, empty, not audio, corrupt, silent,
     holds NaN/inf or is shorter than ``min_duration`` seconds.

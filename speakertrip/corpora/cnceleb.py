@@ -151,8 +151,13 @@ def prepare_cnceleb(root: str | Path, out: str | Path, cnceleb2: str | Path | No
     ``"enroll_avg"``. Re-running rewrites the same files. With ``skip_bad``, unreadable training
     files are dropped; evaluation files never are (a trial would silently disappear).
 
-    >>> paths = prepare_cnceleb("CN-Celeb_flac", "data/cnceleb", cnceleb2="CN-Celeb2_flac")  # doctest: +SKIP
-    >>> sorted(paths)                                                                      # doctest: +SKIP
+    >>> import tempfile
+    >>> from speakertrip.testing import make_cnceleb2_tree, make_cnceleb_tree
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> cnceleb1 = make_cnceleb_tree(folder / "CN-Celeb_flac", num_speakers=3, eval_speakers=1, duration=(0.5, 0.5))
+    >>> cnceleb2 = make_cnceleb2_tree(folder / "CN-Celeb2_flac", num_speakers=1, utterances=2, duration=(0.5, 0.5))
+    >>> paths = prepare_cnceleb(cnceleb1, folder / "data", cnceleb2=cnceleb2, workers=1, progress=False)
+    >>> sorted(paths)
     ['enroll_avg', 'enroll_concat', 'eval', 'train', 'trials']
     """
     root, out = Path(root), Path(out)

@@ -13,8 +13,10 @@ random generators seeded by (seed, speaker, session, utterance), so files are by
 for a seed whatever the number of workers.
 
 >>> from speakertrip.corpora.synth import generate_corpus
->>> root = generate_corpus("synth", num_speakers=12, num_test_speakers=4)   # doctest: +SKIP
->>> sorted((root / "wav").iterdir())[0].name                               # doctest: +SKIP
+>>> import tempfile
+>>> root = generate_corpus(Path(tempfile.mkdtemp()) / "synth", num_speakers=2, num_test_speakers=2,
+...                        utterances_per_speaker=2, sessions_per_speaker=1, workers=1, progress=False)
+>>> sorted((root / "wav").iterdir())[0].name
 'id20001'
 """
 
@@ -294,8 +296,10 @@ def prepare_synth(out: str | Path, num_speakers: int = 50, num_test_speakers: in
     ``veri_test2.txt`` makes the held-out speakers ``test.jsonl``. Returns the paths written,
     ``"corpus"`` included.
 
-    >>> paths = prepare_synth("demo_out/synth", num_speakers=50, num_test_speakers=10)  # doctest: +SKIP
-    >>> sorted(paths)                                                                 # doctest: +SKIP
+    >>> import tempfile
+    >>> paths = prepare_synth(tempfile.mkdtemp(), num_speakers=4, num_test_speakers=2, utterances_per_speaker=2,
+    ...                       sessions_per_speaker=1, workers=1, progress=False)
+    >>> sorted(paths)
     ['corpus', 'test', 'train', 'utts', 'veri_test2']
     """
     from speakertrip.corpora.voxceleb import prepare_voxceleb

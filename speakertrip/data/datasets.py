@@ -82,9 +82,19 @@ class CropDataset(Dataset):
     fixes the crop; a plain int index uses the index as seed. Files shorter than the crop are
     repeated end to end until they fill it. Items are ``(waveform (crop_samples,), speaker index)``.
 
-    >>> dataset = CropDataset(read_manifest("train.jsonl"), crop_seconds=2.0)  # doctest: +SKIP
-    >>> loader = DataLoader(dataset, batch_sampler=PKSampler(dataset.speaker_ids, 64, 4),
-    ...                     collate_fn=collate_crops, num_workers=8)            # doctest: +SKIP
+    >>> import tempfile
+    >>> from torch.utils.data import DataLoader
+    >>> from speakertrip.corpora.voxceleb import prepare_voxceleb
+    >>> from speakertrip.data.manifest import read_manifest
+    >>> from speakertrip.data.sampler import PKSampler
+    >>> from speakertrip.testing import make_voxceleb_tree
+    >>> root = make_voxceleb_tree(tempfile.mkdtemp(), num_speakers=4)  # 2 training, 2 test speakers
+    >>> train = prepare_voxceleb(root, root / "data", progress=False)["train"]
+    >>> dataset = CropDataset(read_manifest(train), crop_seconds=0.5)
+    >>> loader = DataLoader(dataset, batch_sampler=PKSampler(dataset.speaker_ids, 2, 2),
+    ...                     collate_fn=collate_crops, num_workers=0)  # a few workers in training
+    >>> next(iter(loader)).waveforms.shape
+    torch.Size([4, 8000])
     """
 
     def __init__(self, utterances: Sequence[Utterance], crop_seconds: float, sample_rate: int = 16000):

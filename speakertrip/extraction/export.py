@@ -6,11 +6,17 @@ complex numbers, so :class:`ExportableFrontend` computes the same log-mel featur
 :class:`speakertrip.features.LogMelFrontend` with the framing, windowing and DFT folded into
 one strided convolution (exact up to float32 rounding); it handles one unpadded utterance.
 
->>> export_onnx(load_model("exp/run/model"), "model.onnx")                  # doctest: +SKIP
+>>> import tempfile
 >>> import onnxruntime
->>> session = onnxruntime.InferenceSession("model.onnx")                   # doctest: +SKIP
->>> session.run(None, {"waveform": wave[None]})[0].shape                   # doctest: +SKIP
-(1, 192)
+>>> from speakertrip.models import load_model
+>>> from speakertrip.testing import speech_like, tiny_model_artifact
+>>> onnx_path = Path(tempfile.mkdtemp()) / "model.onnx"
+>>> export_onnx(load_model(tiny_model_artifact(encoder="tdnn")), onnx_path).name
+'model.onnx'
+>>> session = onnxruntime.InferenceSession(str(onnx_path))
+>>> wave = speech_like(speaker=1, duration=1.0)
+>>> session.run(None, {"waveform": wave[None]})[0].shape
+(1, 512)
 """
 
 from __future__ import annotations

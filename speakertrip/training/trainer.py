@@ -7,9 +7,11 @@ RNG states; the learning rate is a function of the step). The experiment folder 
 resolved ``config.yaml``, ``metrics.jsonl``, ``checkpoints/`` (``last.pt``, ``best.pt``,
 snapshots for averaging), ``curves.png`` and ``model/`` (the averaged, validated artifact).
 
+The example trains a recipe on VoxCeleb (hours on a GPU), so the tests skip it; ``tests/test_train.py``
+runs the trainer on tiny trees:
+
 >>> from speakertrip.training.config import load_config
->>> config = load_config("recipes/voxceleb/conf/ecapa_triplet.yaml", ["--train.epochs=1"])  # doctest: +SKIP
->>> train(config)                                                                           # doctest: +SKIP
+>>> train(load_config("recipes/voxceleb/conf/ecapa_triplet.yaml", ["--train.epochs=1"]))  # doctest: +SKIP
 PosixPath('exp/ecapa_triplet')
 """
 

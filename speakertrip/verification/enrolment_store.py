@@ -12,9 +12,15 @@ or file system) opens read-only: reading works, writing raises :class:`ReadOnlyS
 no side file is made (SQLite's ``immutable`` mode: it assumes nobody writes the file meanwhile). Only a call that enrols creates a store; opening a missing one for reading
 raises :class:`StoreNotFoundError`.
 
->>> store = EnrolmentStore("speakers.db", model_identity="3f2a...", embedding_dim=192)  # doctest: +SKIP
->>> store.add("alice", embeddings, sources=["a1.wav", "a2.wav"])                    # doctest: +SKIP
+>>> import tempfile
+>>> import numpy as np
+>>> from pathlib import Path
+>>> store = EnrolmentStore(Path(tempfile.mkdtemp()) / "speakers.db", model_identity="3f2a", embedding_dim=4)
+>>> store.add("alice", np.random.default_rng(0).standard_normal((2, 4)), sources=["a1.wav", "a2.wav"])
 2
+>>> len(store), store.centroid("alice").shape
+(1, (4,))
+>>> store.close()
 """
 
 from __future__ import annotations

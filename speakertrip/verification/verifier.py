@@ -113,9 +113,16 @@ class Verifier:
     scoring : how a speaker's several enrolment utterances are compared with a test
         (:data:`speakertrip.scoring.enrolment.ENROLMENT_SCORINGS`: centroid, mean, max, top3)
 
-    >>> verifier = Verifier("exp/model", store="speakers.db", far=0.01)   # doctest: +SKIP
-    >>> verifier.verify("alice", "test.wav")                              # doctest: +SKIP
-    VerificationResult(name='alice', score=0.71, accepted=True, threshold=0.58, cosine=0.71, llr=4.2)
+    >>> import tempfile
+    >>> from speakertrip.testing import make_voxceleb_tree, tiny_model_artifact
+    >>> root = make_voxceleb_tree(tempfile.mkdtemp(), num_speakers=1, sessions=1, trial_list=False)
+    >>> alice = sorted((root / "wav").rglob("*.wav"))
+    >>> verifier = Verifier(tiny_model_artifact(), store=root / "speakers.db")  # at the artifact's EER threshold
+    >>> verifier.enroll("alice", alice[:1])
+    1
+    >>> result = verifier.verify("alice", alice[1])
+    >>> result.name, result.threshold
+    ('alice', 0.5)
     """
 
     def __init__(self, model: Any, store: str | Path | EnrolmentStore = "speakers.db",
