@@ -49,3 +49,67 @@ def bootstrap_intervals(groups: ScoreGroups, p_targets: Sequence[float] = (0.01,
         return float(low), float(high)
 
     return {"eer": interval(eers), "min_dcf": {p: interval(values) for p, values in dcfs.items()}}
+
+
+def speaker_replicates(enroll_speakers: Sequence[str], test_speakers: Sequence[str], resamples: int = 1000,
+                       seed: int = 0) -> np.ndarray:
+    """(R, N) int64 weights of N trials in R speaker-level bootstrap replicates.
+
+    Trials of one speaker are not independent, so a trial-level interval is too narrow. Each
+    replicate draws the speakers with replacement (``c(s)`` copies of speaker s); a target trial of
+    speaker s then counts ``c(s)`` times and a non-target trial of speakers s and t ``c(s)·c(t)``
+    times, as if the drawn speakers' trial list had been built again. Passing the same ``seed`` for
+    two systems scored on the same list gives paired replicates.
+
+    >>> speaker_replicates(["a", "a", "b"], ["a", "b", "a"], resamples=2).shape
+    (2, 3)
+    """
+    if resamples < 2 or len(enroll_speakers) != len(test_speakers):
+        raise ValueError(f"need resamples >= 2 and one test speaker per enrolment speaker, got {resamples}, "
+                         f"{len(enroll_speakers)} and {len(test_speakers)}")
+    names, index = np.unique(np.concatenate([np.asarray(enroll_speakers, dtype=str),
+                                             np.asarray(test_speakers, dtype=str)]), return_inverse=True)
+    enroll, test = index[:len(enroll_speakers)], index[len(enroll_speakers):]
+    rng = np.random.default_rng(seed)
+    copies = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=resamples)  # (R, S)
+    same = enroll == test
+    return np.where(same, copies[:, enroll], copies[:, enroll] * copies[:, test]).astype(np.int64)
+
+
+def weighted_metrics(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray,
+                     p_target: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """EER and minDCF(``p_target``) of ``scores`` (N,) with ``labels`` (N,) in each row of ``weights`` (R, N).
+
+    A row counts trial i ``weights[r, i]`` times (:func:`speaker_replicates`); rows without a target or a
+    non-target give NaN. Returns two (R,) arrays of fractions.
+    """
+    values, inverse = np.unique(np.asarray(scores), return_inverse=True)
+    target = np.asarray(labels).astype(bool)
+    eers, dcfs = np.full(len(weights), np.nan), np.full(len(weights), np.nan)
+    for r, row in enumerate(np.asarray(weights)):
+        groups = ScoreGroups(values, np.bincount(inverse[target], row[target], len(values)).astype(np.int64),
+                             np.bincount(inverse[~target], row[~target], len(values)).astype(np.int64))
+        if groups.n_targets and groups.n_nontargets:
+            points = OperatingPoints.from_groups(groups)
+            eers[r] = eer_from_points(points)[0]
+            dcfs[r] = min_dcf_from_points(points, p_target)[0]
+    return eers, dcfs
+
+
+def speaker_bootstrap_intervals(scores: np.ndarray, labels: np.ndarray, enroll_speakers: Sequence[str],
+                                test_speakers: Sequence[str], p_target: float = 0.01, resamples: int = 1000,
+                                confidence: float = 0.95, seed: int = 0) -> dict:
+    """Speaker-level percentile intervals ``{"eer": (low, high), "min_dcf": (low, high)}`` (fractions).
+
+    >>> rng = np.random.default_rng(0)
+    >>> speakers = [f"s{i}" for i in rng.integers(0, 8, 200)]
+    >>> labels = rng.integers(0, 2, 200)
+    >>> low, high = speaker_bootstrap_intervals(rng.normal(size=200) + labels, labels, speakers, speakers)["eer"]
+    >>> 0 < low < high < 1
+    True
+    """
+    eers, dcfs = weighted_metrics(scores, labels, speaker_replicates(enroll_speakers, test_speakers, resamples,
+                                                                     seed), p_target)
+    tails = [(1 - confidence) / 2, (1 + confidence) / 2]
+    return {name: tuple(float(v) for v in np.nanquantile(values, tails))
+            for name, values in (("eer", eers), ("min_dcf", dcfs))}
