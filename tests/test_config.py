@@ -134,7 +134,7 @@ def test_metrics_log_resume_drops_repeated_steps(tmp_path):
     assert [(r["step"], r["loss"]) for r in resumed.read()] == [(2, 0.5), (4, 0.25), (6, 0.5)]
 
 
-@pytest.mark.parametrize("name", ["ecapa_triplet", "ecapa_batchhard", "tdnn_triplet", "ecapa_aam"])
+@pytest.mark.parametrize("name", ["ecapa_triplet", "ecapa_batchhard", "tdnn_triplet", "ecapa_aam", "ecapa_hybrid"])
 def test_recipe_configs_load_and_build(name):
     from pathlib import Path
 
