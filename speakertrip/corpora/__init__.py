@@ -1,5 +1,5 @@
 """Corpora: one module per corpus, each turning its folder layout into manifests and trial lists.
 
-A module listed in ``speakertrip.commands.prepare.CORPORA`` defines ``add_prepare_parser``
-for ``speakertrip prepare <corpus>`` and a ``prepare_<corpus>(root, out, ...)`` function.
+Each defines a ``prepare_<corpus>(...)`` function with typed arguments; ``speakertrip prepare <corpus>``
+(:mod:`speakertrip.commands.prepare`) parses the command line, calls it and prints.
 """

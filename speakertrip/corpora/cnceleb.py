@@ -28,7 +28,6 @@ write them, relative to ``eval/``; the utterances of ``enroll.map`` as ``data/<s
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Sequence
 
@@ -186,21 +185,3 @@ def prepare_cnceleb(root: str | Path, out: str | Path, cnceleb2: str | Path | No
         if dropped:
             print(f"dropped {len(dropped)} bad training files (--skip-bad)")
     return paths
-
-
-def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("cnceleb", help="CN-Celeb1 (+ CN-Celeb2 as training data) in their released "
-                                   "layouts", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, type=Path, help="CN-Celeb1 folder (data/, dev/, eval/)")
-    parser.add_argument("--cnceleb2", type=Path, help="CN-Celeb2 folder (data/<spk>/), added to the training data")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for manifests, trials and maps")
-    parser.add_argument("--workers", type=int, default=8, help="threads reading headers (default 8)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="drop missing/unreadable training files instead of failing")
-    parser.add_argument("--deep", action="store_true", help="decode every file to reject silent or NaN audio")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    prepare_cnceleb(args.root, args.out, args.cnceleb2, workers=args.workers, skip_bad=args.skip_bad, deep=args.deep)
-    return 0

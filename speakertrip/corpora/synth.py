@@ -22,14 +22,12 @@ for a seed whatever the number of workers.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import multiprocessing
 import os
 import shutil
 import string
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -309,30 +307,3 @@ def prepare_synth(out: str | Path, num_speakers: int = 50, num_test_speakers: in
                              sessions_per_speaker, seed, workers, progress=progress)
     paths = prepare_voxceleb(corpus, out / "data", workers=workers or 8, progress=progress)
     return {"corpus": corpus, **paths}
-
-
-def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("synth", help="generate and prepare the offline eSpeak speaker corpus",
-                                   description=__doc__.split("\n>>>")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, type=Path, help="output folder: corpus/ (audio) and data/ (manifests)")
-    parser.add_argument("--speakers", type=int, default=50, help="speakers in all, held-out ones included (default 50)")
-    parser.add_argument("--test-speakers", type=int, default=10, help="held-out test speakers (default 10)")
-    parser.add_argument("--utterances", type=int, default=16, help="utterances per speaker (default 16)")
-    parser.add_argument("--sessions", type=int, default=4, help="sessions (channels) per speaker (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    paths = prepare_synth(args.out, args.speakers, args.test_speakers, args.utterances, args.sessions,
-                          args.seed, args.workers)
-    summary = json.loads((paths["corpus"] / "synth.json").read_text())
-    rows = {"corpus": paths["corpus"], "speakers": f"{args.speakers} ({args.test_speakers} held out)",
-            "utterances": summary["utterances"], "hours": f"{summary['hours']:.2f}", "trials": summary["trials"],
-            "seconds": f"{time.perf_counter() - started:.1f}"}
-    for name, value in rows.items():
-        print(f"{name:<12}{value}")
-    return 0

@@ -21,7 +21,6 @@ path under the root, with size and mtime): a re-run reads only new or changed fi
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import warnings
@@ -169,26 +168,3 @@ def _print_summary(utterances: list[Utterance], held_out: set[str], paths: dict[
             print(f"{name:<16}{'':>10}{sum(1 for _ in open(path)):>12}{'trials':>9}  {path}")
     if dropped:
         print(f"dropped {dropped} bad files (--skip-bad)")
-
-
-def add_prepare_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("voxceleb", help="VoxCeleb1/2 in their released layouts",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", required=True, type=Path, help="corpus folder (VoxCeleb1, VoxCeleb2 dev, or both)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for manifests and trial lists")
-    parser.add_argument("--trials", nargs="+", type=Path, default=[], metavar="FILE",
-                        help="trial lists in VoxCeleb format (official names under the root are found anyway)")
-    parser.add_argument("--workers", type=int, default=8, help="threads reading headers (default 8)")
-    parser.add_argument("--skip-bad", action="store_true", help="drop missing/unreadable files instead of failing")
-    parser.add_argument("--deep", action="store_true", help="decode every file to reject silent or NaN audio "
-                        "(float files are always read, for NaN/inf)")
-    parser.add_argument("--test-speakers", type=int, default=0, metavar="N",
-                        help="hold out the last N speakers (by id) as a test set with a trial list over them; "
-                        "for corpora without a trial list, such as VoxCeleb2")
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    prepare_voxceleb(args.root, args.out, args.trials, workers=args.workers, skip_bad=args.skip_bad, deep=args.deep,
-                     test_speakers=args.test_speakers)
-    return 0
