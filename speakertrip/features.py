@@ -1,6 +1,6 @@
 """The log-mel frontend shared by training and inference: a batched torch module with lengths.
 
-Three modes compute the same kind of feature three ways:
+Three modes compute the same kind of feature three ways, and a fourth feeds GE2E:
 
 ``speakertrip`` (default)
     Centred frames with zero padding (``1 + T // hop`` frames), optional pre-emphasis of the
@@ -14,8 +14,14 @@ Three modes compute the same kind of feature three ways:
     ``speechbrain.lobes.features.Fbank`` (centred STFT, SpeechBrain's filters, decibels clipped
     80 dB below each utterance's peak); with :meth:`FeatureConfig.speechbrain` it feeds a
     SpeechBrain ECAPA checkpoint the features it was trained on.
+``ge2e``
+    Resemblyzer's ``wav_to_mel_spectrogram`` (librosa's centred STFT, Slaney mel filters, mel *power*,
+    no log, no normalisation), after its volume normalisation: a quieter utterance is raised to
+    -30 dBFS (:data:`GE2E_TARGET_DBFS`), a louder one left as it is. Frames after the end are kept: they
+    hold the silence that follows the signal, which is what Resemblyzer's last padded window sees.
+    With :meth:`FeatureConfig.ge2e` it feeds the GE2E encoder (:mod:`speakertrip.models.ge2e`).
 
-Every mode then subtracts the per-utterance mean (and optionally divides by the standard
+The first three modes then subtract the per-utterance mean (and optionally divides by the standard
 deviation) over its valid frames only, so padding never changes a feature.
 """
 
@@ -33,9 +39,10 @@ from speakertrip.audio import to_float
 from speakertrip.errors import ConfigError
 from speakertrip.options import build_dataclass
 
-MODES = ("speakertrip", "kaldi", "speechbrain")
+MODES = ("speakertrip", "kaldi", "speechbrain", "ge2e")
 WINDOWS = ("hamming", "hann", "povey")
 SPEECHBRAIN_TOP_DB = 80.0  # dynamic range kept by speechbrain's Filterbank (not configurable there)
+GE2E_TARGET_DBFS = -30.0  # Resemblyzer's audio_norm_target_dBFS: quieter utterances are raised to it
 # On CPU, rows are transformed a few at a time: the spectra of 8 rows stay in cache, and that ran
 # 2-4x faster than one pass over a batch of 128 (scripts/bench_data.py).
 CPU_ROWS_PER_PASS = 8
@@ -93,6 +100,9 @@ class FeatureConfig:
             problems.append(f"preemphasis must be in [0, 1) or None, not {self.preemphasis}")
         if min(self.spec_time_masks, self.spec_time_width, self.spec_freq_masks, self.spec_freq_width) < 0:
             problems.append("SpecAugment counts and widths must be >= 0")
+        if self.mode == "ge2e" and (self.mean_norm or self.var_norm):
+            problems.append("mode 'ge2e' reads mel power as it is: mean_norm and var_norm must be false "
+                            "(FeatureConfig.ge2e() sets them)")
         if problems:
             raise ConfigError("invalid feature config: " + "; ".join(problems))
 
@@ -107,6 +117,13 @@ class FeatureConfig:
     def speechbrain(cls, **overrides: Any) -> FeatureConfig:
         """SpeechBrain ECAPA recipes: ``Fbank(n_mels=80)`` + sentence mean normalisation."""
         preset = dict(mode="speechbrain", n_fft=400, f_min=0.0, f_max=8000.0, log_floor=1e-10)
+        return cls(**{**preset, **overrides})
+
+    @classmethod
+    def ge2e(cls, **overrides: Any) -> FeatureConfig:
+        """Resemblyzer's GE2E features: 40 mel bins of power, 25 ms Hann windows every 10 ms, 0-8 kHz."""
+        preset = dict(mode="ge2e", n_fft=400, win_length=400, hop_length=160, n_mels=40, f_min=0.0, f_max=8000.0,
+                      window="hann", mean_norm=False)
         return cls(**{**preset, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,6 +161,13 @@ def speechbrain_mel_banks(n_mels: int, n_fft: int, sample_rate: int, f_min: floa
     return torch.minimum(slope + 1.0, 1.0 - slope).clamp(min=0).T
 
 
+def slaney_mel_banks(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
+    """librosa's default filters (Slaney's mel scale, area-normalised); (n_fft // 2 + 1, n_mels)."""
+    from torchaudio.functional import melscale_fbanks
+
+    return melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate, norm="slaney", mel_scale="slaney")
+
+
 def _window(name: str, length: int, periodic: bool) -> torch.Tensor:
     if name == "hamming":
         return torch.hamming_window(length, periodic=periodic, dtype=torch.float64).float()
@@ -169,7 +193,8 @@ class LogMelFrontend(nn.Module):
         super().__init__()
         self.config = config = config or FeatureConfig()
         kaldi = config.mode == "kaldi"
-        banks = {"kaldi": kaldi_mel_banks, "speechbrain": speechbrain_mel_banks}.get(config.mode, kaldi_mel_banks)
+        banks = {"kaldi": kaldi_mel_banks, "speechbrain": speechbrain_mel_banks,
+                 "ge2e": slaney_mel_banks}.get(config.mode, kaldi_mel_banks)
         self.register_buffer("mel_banks", banks(config.n_mels, config.n_fft, config.sample_rate,
                                                 config.f_min, config.f_max), persistent=False)
         self.register_buffer("window", _window(config.window, config.win_length, periodic=not kaldi),
@@ -205,6 +230,8 @@ class LogMelFrontend(nn.Module):
         lengths = lengths.to(device=waveforms.device, dtype=torch.int64)
         valid = torch.arange(total, device=waveforms.device) < lengths[:, None]
         waveforms = waveforms * valid * config.waveform_scale
+        if config.mode == "ge2e":
+            waveforms, valid = self._ge2e_input(waveforms, valid, lengths)
         if self.training and config.dither > 0:
             waveforms = waveforms + config.dither * torch.randn_like(waveforms) * valid
         if waveforms.device.type == "cpu" and batch > CPU_ROWS_PER_PASS:
@@ -217,7 +244,8 @@ class LogMelFrontend(nn.Module):
         if config.mode == "speechbrain":
             peak = features.masked_fill(~frame_mask, -math.inf).amax(dim=(1, 2), keepdim=True)
             features = torch.maximum(features, peak - SPEECHBRAIN_TOP_DB)
-        features = self._normalise(features, frame_mask, frame_lengths)
+        if config.mode != "ge2e":  # ge2e keeps the frames after the end (silence, see the module docstring)
+            features = self._normalise(features, frame_mask, frame_lengths)
         if specaugment or (specaugment is None and self.training):
             features = self.specaugment(features, frame_lengths)
         return features, frame_lengths
@@ -231,7 +259,19 @@ class LogMelFrontend(nn.Module):
             return 10.0 * torch.log10(mel.clamp(min=config.log_floor))
         if config.mode == "kaldi":
             return mel.clamp(min=config.log_floor).log()
+        if config.mode == "ge2e":
+            return mel
         return (mel + config.log_floor).log()
+
+    def _ge2e_input(self, waveforms: torch.Tensor, valid: torch.Tensor,
+                    lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Resemblyzer's volume normalisation (raise to -30 dBFS, never lower) over each row's valid samples, and
+        half a window of zeros more, so that every frame whose window reaches the signal's end is computed."""
+        rms = (waveforms.square().sum(dim=1) / lengths.clamp(min=1)).sqrt()
+        gain = torch.where(rms > 0, 10.0 ** (GE2E_TARGET_DBFS / 20.0) / rms, torch.ones_like(rms)).clamp(min=1.0)
+        extra = self.config.n_fft // 2 + self.config.hop_length
+        return (torch.nn.functional.pad(waveforms * gain[:, None], (0, extra)),
+                torch.nn.functional.pad(valid, (0, extra)))
 
     def _centred_power(self, waveforms: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         config = self.config

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speakertrip.features import SPEECHBRAIN_TOP_DB, FeatureConfig, LogMelFrontend
+from speakertrip.features import GE2E_TARGET_DBFS, SPEECHBRAIN_TOP_DB, FeatureConfig, LogMelFrontend
 
 ONNX_OPSET = 18
 
@@ -70,6 +70,9 @@ class ExportableFrontend(nn.Module):
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         config = self.config
         x = waveform * config.waveform_scale
+        if config.mode == "ge2e":  # Resemblyzer's volume normalisation, and the frames after the end (features.py)
+            gain = 10.0 ** (GE2E_TARGET_DBFS / 20.0) / x.square().mean().sqrt().clamp(min=1e-20)
+            x = F.pad(x * gain.clamp(min=1.0), (0, config.n_fft // 2 + config.hop_length))
         if config.mode != "kaldi":
             if config.preemphasis:
                 x = x - config.preemphasis * F.pad(x[:, :-1], (1, 0))
@@ -83,6 +86,8 @@ class ExportableFrontend(nn.Module):
             features = torch.maximum(features, features.amax(dim=(1, 2), keepdim=True) - SPEECHBRAIN_TOP_DB)
         elif config.mode == "kaldi":
             features = mel.clamp(min=config.log_floor).log()
+        elif config.mode == "ge2e":
+            features = mel
         else:
             features = (mel + config.log_floor).log()
         if config.mean_norm or config.var_norm:
@@ -101,7 +106,11 @@ class WaveformEmbedder(nn.Module):
         self.encoder = model.encoder
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.encoder(self.frontend(waveform), None), dim=-1)
+        lengths = None
+        if self.frontend.config.mode == "ge2e":  # its frontend adds frames after the end: give the signal's own
+            frames = waveform.shape[1] // self.frontend.config.hop_length + 1
+            lengths = waveform.new_ones(1, dtype=torch.int64) * frames
+        return F.normalize(self.encoder(self.frontend(waveform), lengths), dim=-1)
 
 
 def _example(model: nn.Module, seconds: float = 2.0) -> torch.Tensor:

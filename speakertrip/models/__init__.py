@@ -2,12 +2,12 @@
 
 >>> from speakertrip.models import ENCODERS
 >>> ENCODERS.names()
-['ecapa', 'tdnn']
+['ecapa', 'ge2e', 'tdnn']
 """
 
 from __future__ import annotations
 
-from speakertrip.models import ecapa, tdnn  # noqa: F401 - registers the encoders
+from speakertrip.models import ecapa, ge2e, tdnn  # noqa: F401 - registers the encoders
 from speakertrip.models.artifact import save_model
 from speakertrip.models.batched import embed_many, embed_one, split_chunks
 from speakertrip.models.embedding_model import EmbeddingModel

@@ -1,4 +1,5 @@
-"""Loading models: an artifact folder, a SpeechBrain hub id or hub-layout folder; initial weights for training."""
+"""Loading models: an artifact folder, a SpeechBrain hub id or hub-layout folder, ``"resemblyzer"``; initial
+weights for training."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from speakertrip.errors import ConfigError
 from speakertrip.models.artifact import CONFIG_FILE, load_state, read_artifact, read_weights
 from speakertrip.models.embedding_model import EmbeddingModel
+from speakertrip.models.resemblyzer import import_resemblyzer, is_resemblyzer
 from speakertrip.models.speechbrain_hub import HYPERPARAMS_FILE, import_speechbrain, is_hub_id
 
 
@@ -23,7 +25,9 @@ def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> 
 def load_model(source: str | Path, device: str | torch.device = "cpu") -> EmbeddingModel:
     """A model in eval mode from a speakertrip artifact folder (``config.yaml`` + ``model.safetensors``),
     a SpeechBrain hub id (``"speechbrain/spkrec-ecapa-voxceleb"``, fetched into the huggingface_hub cache)
-    or a folder in a SpeechBrain hub repository's layout (see :func:`speakertrip.models.import_speechbrain`).
+    or a folder in a SpeechBrain hub repository's layout (see :func:`speakertrip.models.import_speechbrain`);
+    ``"resemblyzer"`` is Resemblyzer's pretrained GE2E encoder, read from the installed ``resemblyzer``
+    package (the ``resemblyzer`` extra; :mod:`speakertrip.models.resemblyzer`).
 
     >>> from speakertrip.testing import tiny_model_artifact
     >>> model = load_model(tiny_model_artifact())
@@ -31,6 +35,8 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> Embedd
     (192, 0.5)
     """
     folder = Path(source)
+    if is_resemblyzer(source):
+        return import_resemblyzer().to(device)
     if is_hub_id(source) or (folder / HYPERPARAMS_FILE).is_file() and not (folder / CONFIG_FILE).exists():
         return import_speechbrain(source).to(device)
     return load_artifact(source, device)

@@ -133,9 +133,12 @@ def train_config(config: FinetuneConfig, out: Path, initial: Path, model: nn.Mod
 
 
 def frame_layers(encoder: nn.Module) -> list[nn.Module]:
-    """The encoder's frame-level layers in order (before pooling): ECAPA's blocks, the x-vector's TDNN layers."""
+    """The encoder's frame-level layers in order (before pooling): ECAPA's blocks, the x-vector's TDNN layers,
+    or what the encoder lists itself (``frame_layers()``: GE2E's LSTM layers)."""
     from speechbrain.nnet.CNN import Conv1d
 
+    if hasattr(encoder, "frame_layers"):
+        return list(encoder.frame_layers())
     if hasattr(encoder, "mfa"):  # ECAPA-TDNN: TDNN block, 3 SE-Res2Net blocks, then the MFA layer
         return [*encoder.blocks, encoder.mfa]
     layers: list[nn.ModuleList] = []
@@ -216,6 +219,17 @@ class FinetuneTrainer(Trainer):
         return super().finish(seconds)
 
 
+def without_statistics_options(config: FinetuneConfig, model: nn.Module) -> FinetuneConfig:
+    """``config`` as it applies to ``model``: a model without BatchNorm (GE2E) has no statistics to freeze or
+    re-estimate, so ``freeze_statistics`` and ``source_statistics`` are switched off, with a note saying so."""
+    if batch_norms(model) or not (config.freeze_statistics or config.source_statistics):
+        return config
+    print(f"note: the {getattr(model, 'encoder_name', 'model')} encoder has no BatchNorm layers: the statistics "
+          "options (--freeze-statistics, --source-statistics) do not apply"
+          + (" (--source data still join training)" if config.source_statistics else ""), flush=True)
+    return dataclasses.replace(config, freeze_statistics=False, source_statistics=False)
+
+
 def finetune(model: str | Path, data: str | Path, out: str | Path, config: FinetuneConfig | None = None,
              dev: str | Path | None = None, resume: bool = False) -> FinetuneResult:
     """Fine-tune ``model`` on the speakers of ``data`` into ``<out>/model``; see the module docstring.
@@ -249,6 +263,7 @@ def finetune(model: str | Path, data: str | Path, out: str | Path, config: Finet
         start = load_model(model)
         paths = prepare_finetune_data(data, data_dir, config, dev)
         start.save(initial)
+    config = without_statistics_options(config, start)
     train_utts = read_manifest(paths["train"])
     speakers = {u.spk_id for u in train_utts}
     source_speakers = sum(spk.startswith(SOURCE_PREFIX) for spk in speakers)
