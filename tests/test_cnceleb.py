@@ -145,7 +145,7 @@ def test_score_enroll_map_equals_a_store_holding_the_means(tmp_path, capsys):
     save_store(store, tmp_path / "eval.npz")
     save_store(cohort, tmp_path / "cohort.npz")
     save_store(with_enrolment_models(store, enrolments), tmp_path / "with_means.npz")
-    for norm in ([], ["--norm", "asnorm", "--cohort", str(tmp_path / "cohort.npz"), "--top-k", "4"]):
+    for norm in ([], ["--norm", "asnorm", "--cohort", str(tmp_path / "cohort.npz"), "--top-n", "4"]):
         common = ["score", "--trials", str(tmp_path / "trials.txt"), *norm]
         assert main([*common, "--embeddings", str(tmp_path / "eval.npz"), "--enroll-map",
                      str(tmp_path / "enroll.map"), "--out", str(tmp_path / "mapped.txt")]) == 0
