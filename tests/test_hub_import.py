@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -252,5 +253,120 @@ def test_clear_errors(tmp_path):
     assert not marker.exists()
     (broken / "embedding_model.ckpt").write_bytes(pickle.dumps({"x": object()}))
     (broken / "hyperparams.yaml").write_text(hparams)
-    with pytest.raises(FormatError, match=r"embedding_model.ckpt: not a state dict loadable with weights_only=True"):
+    with pytest.raises(FormatError, match=r"embedding_model.ckpt: not a state dict: the file is damaged or not a "
+                                          r"torch file"):
         import_speechbrain(broken)
+
+
+class RunsCode:
+    """Pickled as a call of os.system: loading it unsafely would run a shell command."""
+
+    def __reduce__(self):
+        import os
+
+        return os.system, ("true",)
+
+
+def test_a_pickled_checkpoint_is_refused_in_one_line_that_never_suggests_loading_it(tmp_path, capsys):
+    """Issue 30, item 8."""
+    folder = make_speechbrain_folder(tmp_path / "hub", "xvector")
+    torch.save({"weights": RunsCode()}, folder / "embedding_model.ckpt")
+    with pytest.raises(FormatError) as caught:
+        import_speechbrain(folder)
+    message = str(caught.value)
+    assert message == (f"{folder / 'embedding_model.ckpt'}: holds Python code (posix.system), not only tensors "
+                       "and plain data: refused (loading it would run that code)")
+    assert main(["import", str(folder), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "weights_only" not in err and "succeed" not in err
+
+
+@pytest.mark.parametrize("source", ["typo/model", "someone/spkrec-ecapa-voxceleb", "typo/model@main"])
+def test_a_missing_owner_name_path_is_never_fetched(tmp_path, monkeypatch, capsys, source):
+    """Issue 30, item 13: only hf:owner/name or a known publisher's id goes to the hub."""
+    import huggingface_hub
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"tried to download {args}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    monkeypatch.chdir(tmp_path)
+    hint = f"{source}: no such folder; it is not fetched from the hub, as only speechbrain/... ids are: " \
+           f"to download that repository write hf:{source}"
+    for load in (st.load_model, import_speechbrain):
+        with pytest.raises(SpeakertripError) as caught:
+            load(source)
+        assert str(caught.value) == hint
+    assert main(["import", source, "--out", "m"]) == 2
+    assert capsys.readouterr().err.strip().endswith(hint)
+
+
+def test_hub_ids_are_explicit_or_from_a_known_publisher(tmp_path, monkeypatch):
+    from speakertrip.models.speechbrain_hub import hub_repo
+
+    monkeypatch.chdir(tmp_path)
+    assert hub_repo("speechbrain/spkrec-ecapa-voxceleb") == "speechbrain/spkrec-ecapa-voxceleb"
+    assert hub_repo("hf:someone/model@v2") == "someone/model@v2"
+    assert hub_repo("someone/model") is None and hub_repo(Path("speechbrain/x")) is None
+    (tmp_path / "speechbrain" / "local").mkdir(parents=True)
+    assert hub_repo("speechbrain/local") is None  # an existing path is always the local folder
+    with pytest.raises(SpeakertripError, match=r"hf:nobody: expected hf:owner/name or hf:owner/name@revision"):
+        hub_repo("hf:nobody")
+
+
+def test_hf_prefix_fetches_any_owner_from_the_hub_cache(tmp_path, offline_hub, monkeypatch):
+    folder = make_speechbrain_folder(tmp_path / "hub", "ecapa")
+    hub_cache(offline_hub, "someone/ecapa", folder)
+    monkeypatch.chdir(tmp_path)
+    assert st.load_model("hf:someone/ecapa").identity == st.load_model(folder).identity
+
+
+def _chain(kind: str, levels: int = 9) -> str:
+    """Ten of the previous level at each of ``levels`` levels: 10**levels leaves once expanded."""
+    if kind == "alias":
+        lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+        lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]" for n in range(1, levels + 1)]
+        return "\n".join(lines) + f"\nbomb: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN\n    x: *l{levels}\n"
+    lines = ["l0: xxxxxxxxxx"] + [f"l{n}: !ref {f'<l{n - 1}>' * 10}" for n in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nbomb: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN\n    x: !ref <l{levels}>\n"
+
+
+@pytest.mark.parametrize("payload, message", [
+    (_chain("alias"), "expand to more than 100000 values"),
+    (_chain("ref"), "expand to more than 100000 values or 1000000 characters"),
+    ("n: !ref 9 ** 9 ** 9\n", r"9 \*\* 387420489 is over the bound"),
+    ("n: !ref (2 ** 62) * (2 ** 62) * (2 ** 62)\n", "a number in a reference is over the bound"),
+    ("deep: " + "[" * 100_000 + "]" * 100_000 + "\n", "nests too deeply"),
+    ("deep: " + "[" * 60 + "]" * 60 + "\n", r"nests too deeply \(at most 50 levels\)"),
+    ("x: " + "y" * (1 << 20) + "\n", "bytes is over the 1048576 a hyperparams file may have"),
+])
+def test_hostile_hyperparams_are_refused_quickly(tmp_path, payload, message):
+    """Issue 30, items 5 and 7: alias and reference bombs, huge arithmetic, deep nesting, a huge file."""
+    folder = make_speechbrain_folder(tmp_path / "hub", "xvector")
+    hparams = (folder / "hyperparams.yaml").read_text()
+    if "!ref" in payload or "bomb" in payload:  # an argument of the encoder, which the importer resolves
+        key = "bomb" if "bomb" in payload else "n"
+        hparams = hparams.replace("    in_channels: !ref <n_mels>", f"    in_channels: !ref <n_mels>\n    extra: !ref <{key}>")
+    (folder / "hyperparams.yaml").write_text(hparams.replace("# ####", payload + "# ####", 1))
+    started = time.monotonic()
+    with pytest.raises(FormatError, match=message):
+        import_speechbrain(folder)
+    assert time.monotonic() - started < 10
+
+
+def test_non_utf8_hyperparams_and_huge_sizes_are_one_line_errors(tmp_path, capsys):
+    """Issue 30, items 5 and 7: bytes that are not UTF-8; an n_fft of 1e9 is refused before anything is built."""
+    folder = make_speechbrain_folder(tmp_path / "hub", "xvector")
+    hparams = (folder / "hyperparams.yaml").read_text()
+    (folder / "hyperparams.yaml").write_bytes(hparams.encode() + b"\nname: caf\xe9\n")
+    assert main(["import", str(folder), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "hyperparams.yaml: line" in err and "not UTF-8 text (byte 0xe9" in err and len(err.strip().splitlines()) == 1
+    fbank = "compute_features: !new:speechbrain.lobes.features.Fbank"
+    for name, value in (("n_fft", "1000000000"), ("n_mels", "100000"), ("sample_rate", "999983"),
+                        ("hop_length", "0")):
+        edited = hparams.replace("\nn_mels: 24\n", f"\nn_mels: {value}\n") if name == "n_mels" else \
+            hparams.replace(fbank, f"{fbank}\n    {name}: {value}")
+        (folder / "hyperparams.yaml").write_text(edited)
+        with pytest.raises(FormatError, match=rf"compute_features: {name}={value} is outside"):
+            import_speechbrain(folder)

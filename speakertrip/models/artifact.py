@@ -163,7 +163,7 @@ def _unloadable(message: str, expected: str) -> str:
     >>> _unloadable("Weights only load failed. ... Unsupported global: GLOBAL os.system was not allowed", "x")
     'holds Python code (os.system), not only tensors and plain data: refused (loading it would run that code)'
     """
-    code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+    code = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", message)
     if code:
         return (f"holds Python code ({code.group(1)}), not only tensors and plain data: refused (loading it would "
                 "run that code)")

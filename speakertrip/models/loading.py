@@ -11,7 +11,7 @@ from speakertrip.errors import ConfigError
 from speakertrip.models.artifact import CONFIG_FILE, load_state, read_artifact, read_weights
 from speakertrip.models.embedding_model import EmbeddingModel
 from speakertrip.models.resemblyzer import import_resemblyzer, is_resemblyzer
-from speakertrip.models.speechbrain_hub import HYPERPARAMS_FILE, import_speechbrain, is_hub_id
+from speakertrip.models.speechbrain_hub import HYPERPARAMS_FILE, check_local_source, import_speechbrain, is_hub_id
 
 
 def load_artifact(directory: str | Path, device: str | torch.device = "cpu") -> EmbeddingModel:
@@ -39,6 +39,7 @@ def load_model(source: str | Path, device: str | torch.device = "cpu") -> Embedd
         return import_resemblyzer().to(device)
     if is_hub_id(source) or (folder / HYPERPARAMS_FILE).is_file() and not (folder / CONFIG_FILE).exists():
         return import_speechbrain(source).to(device)
+    check_local_source(source)  # a missing owner/name path is an error naming it, never a download
     return load_artifact(source, device)
 
 

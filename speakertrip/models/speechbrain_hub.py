@@ -114,7 +114,7 @@ def check_local_source(source: str | Path) -> None:
     if isinstance(source, str) and HUB_ID.match(source):
         hint = (f"; it is not fetched from the hub, as only {', '.join(sorted(KNOWN_PUBLISHERS))}/... ids are: "
                 f"to download that repository write {HUB_PREFIX}{source}")
-    raise SpeakertripError(f"{source}: no such file or folder{hint}")
+    raise SpeakertripError(f"{source}: no such folder{hint}")
 
 
 def _module(hparams: dict[str, Any], key: str, targets: tuple[str, ...], path: Path) -> tuple[str, dict[str, Any]]:
