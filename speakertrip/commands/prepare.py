@@ -39,11 +39,21 @@ def add_voxceleb(corpora: argparse._SubParsersAction, description: str) -> None:
     parser.set_defaults(func=run_voxceleb)
 
 
+def report(paths: dict) -> None:
+    """Print the table of what was written, and how many files --skip-bad dropped."""
+    from speakertrip.data.prepared import prepared_table
+
+    print(prepared_table(paths))
+    if "dropped" in paths:
+        with open(paths["dropped"], encoding="utf-8") as handle:
+            print(f"dropped {sum(1 for _ in handle)} bad files (--skip-bad), listed in {paths['dropped']}")
+
+
 def run_voxceleb(args: argparse.Namespace) -> int:
     from speakertrip.corpora.voxceleb import prepare_voxceleb
 
-    prepare_voxceleb(args.root, args.out, args.trials, workers=args.workers, skip_bad=args.skip_bad, deep=args.deep,
-                     test_speakers=args.test_speakers)
+    report(prepare_voxceleb(args.root, args.out, args.trials, workers=args.workers, skip_bad=args.skip_bad,
+                            deep=args.deep, test_speakers=args.test_speakers))
     return 0
 
 
@@ -63,7 +73,8 @@ def add_cnceleb(corpora: argparse._SubParsersAction, description: str) -> None:
 def run_cnceleb(args: argparse.Namespace) -> int:
     from speakertrip.corpora.cnceleb import prepare_cnceleb
 
-    prepare_cnceleb(args.root, args.out, args.cnceleb2, workers=args.workers, skip_bad=args.skip_bad, deep=args.deep)
+    report(prepare_cnceleb(args.root, args.out, args.cnceleb2, workers=args.workers, skip_bad=args.skip_bad,
+                           deep=args.deep))
     return 0
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Sequence
 
 from speakertrip.data.manifest import build_utterances, write_manifest
+from speakertrip.data.prepared import write_dropped
 from speakertrip.errors import FormatError, SpeakertripError
 
 AUDIO_SUFFIXES = (".flac", ".wav")
@@ -174,14 +175,6 @@ def prepare_cnceleb(root: str | Path, out: str | Path, cnceleb2: str | Path | No
         paths[f"enroll_{name}"] = out / f"enroll_{name}.map"
         paths[f"enroll_{name}"].write_text("".join(f"{enroll_id} {' '.join(files)}\n"
                                                    for enroll_id, files in enrolments.items()))
-    if progress:
-        print(f"{'set':<14}{'speakers':>10}{'utterances':>12}{'hours':>9}  file")
-        for name, subset in (("train", train), ("eval", tested)):
-            hours = sum(u.duration for u in subset) / 3600
-            print(f"{name:<14}{len({u.spk_id for u in subset}):>10}{len(subset):>12}{hours:>9.2f}  {paths[name]}")
-        targets = sum(label for label, _, _ in trials)
-        print(f"{'trials':<14}{len(maps['concat']):>10}{len(trials):>12}{'':>9}  {paths['trials']} "
-              f"({targets} targets; enrolment maps: {', '.join(f'enroll_{name}.map' for name in maps)})")
-        if dropped:
-            print(f"dropped {len(dropped)} bad training files (--skip-bad)")
+    if dropped:
+        paths["dropped"] = write_dropped(dropped, out)
     return paths

@@ -29,6 +29,7 @@ from typing import Sequence
 
 from speakertrip.audio.headers import HeaderCache
 from speakertrip.data.manifest import Utterance, build_utterances, write_manifest
+from speakertrip.data.prepared import write_dropped
 from speakertrip.data.split import hold_out_speakers, make_trials, split_by_speakers, write_trials
 from speakertrip.data.trials import read_trials
 from speakertrip.errors import FormatError, SpeakertripError
@@ -117,7 +118,8 @@ def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | P
         listed = [(int(label), enrol, test) for label, enrol, test in zip(trials.labels, trials.enroll, trials.test)]
         matched = _match_keys(listed, known, dropped_ids, source)
         if len(matched) < len(listed):
-            print(f"{name}: left out {len(listed) - len(matched)} trials on files dropped by --skip-bad")
+            warnings.warn(f"{name}: left out {len(listed) - len(matched)} trials on files dropped by --skip-bad",
+                          stacklevel=2)
         target = write_trials(matched, out / "trials" / name)
         paths[target.stem] = target
         if not target.stem.startswith(WHOLE_VOX1_TRIALS):
@@ -134,8 +136,8 @@ def prepare_voxceleb(root: str | Path, out: str | Path, trials: Sequence[str | P
         train, test = split_by_speakers(utterances, held_out)
         paths["train"] = write_manifest(train, out / "train.jsonl")
         paths["test"] = write_manifest(test, out / "test.jsonl")
-    if progress:
-        _print_summary(utterances, held_out, paths, len(dropped))
+    if dropped:
+        paths["dropped"] = write_dropped(dropped, out)
     return paths
 
 
@@ -153,18 +155,3 @@ def _hold_out_test_speakers(utterances: list[Utterance], held_out: set[str], cou
     trials = make_trials(listed, max_trials=None, balanced=True, cross_session=True)
     paths["test_speakers"] = write_trials(trials, out / "trials" / "test_speakers.txt")
     return set(keys)
-
-
-def _print_summary(utterances: list[Utterance], held_out: set[str], paths: dict[str, Path], dropped: int) -> None:
-    sets = {"utts": utterances}
-    if held_out:
-        sets["train"], sets["test"] = split_by_speakers(utterances, held_out)
-    print(f"{'set':<16}{'speakers':>10}{'utterances':>12}{'hours':>9}  file")
-    for name, subset in sets.items():
-        hours = sum(u.duration for u in subset) / 3600
-        print(f"{name:<16}{len({u.spk_id for u in subset}):>10}{len(subset):>12}{hours:>9.2f}  {paths[name]}")
-    for name, path in paths.items():
-        if name not in sets:
-            print(f"{name:<16}{'':>10}{sum(1 for _ in open(path)):>12}{'trials':>9}  {path}")
-    if dropped:
-        print(f"dropped {dropped} bad files (--skip-bad)")
