@@ -21,9 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speakertrip.data.manifest import Utterance, build_utterances, read_manifest
-from speakertrip.errors import ConfigError, SpeakertripError
+from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def voxceleb_speaker(key: str) -> str:
+    """The speaker of a VoxCeleb-style key ``SPEAKER/VIDEO/UTT.wav``: its first path component."""
+    speaker, slash, _ = key.partition("/")
+    if not slash or not speaker:
+        raise FormatError(f"cannot tell the speaker of key {key!r}: expected SPEAKER/VIDEO/UTTERANCE "
+                          "as VoxCeleb keys are")
+    return speaker
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ def read_items(data: str | Path) -> DataItems:
         if not paths:
             raise SpeakertripError(f"{data}: no audio files ({', '.join(AUDIO_SUFFIXES)}) found in this folder")
         keys = [path.relative_to(source).as_posix() for path in paths]
-        return DataItems(source, keys, paths, [key.partition("/")[0] if "/" in key else None for key in keys])
+        return DataItems(source, keys, paths, [voxceleb_speaker(key) if "/" in key else None for key in keys])
     if not source.is_file():
         raise SpeakertripError(f"{data}: no such folder or manifest (give an audio folder in the VoxCeleb layout, "
                                "<folder>/idNNNNN/<session>/<utt>.wav, or a JSONL manifest from `speakertrip prepare`)")

@@ -7,20 +7,11 @@ from typing import Callable
 
 import numpy as np
 
-from speakertrip.errors import FormatError
+from speakertrip.data.items import voxceleb_speaker
 from speakertrip.data.embedding_store import EmbeddingStore, load_store
 from speakertrip.scoring.cosine import l2_normalize
 
 _CHUNK_ROWS = 65536
-
-
-def voxceleb_speaker(key: str) -> str:
-    """The speaker of a VoxCeleb-style key ``SPEAKER/VIDEO/UTT.wav``: its first path component."""
-    speaker, slash, _ = key.partition("/")
-    if not slash or not speaker:
-        raise FormatError(f"cannot tell the speaker of key {key!r}: expected SPEAKER/VIDEO/UTTERANCE "
-                          "as VoxCeleb keys are")
-    return speaker
 
 
 def speaker_means(store: EmbeddingStore, speaker_of: Callable[[str], str] = voxceleb_speaker) -> EmbeddingStore:
