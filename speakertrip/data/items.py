@@ -24,6 +24,8 @@ from speakertrip.data.manifest import Utterance, build_utterances, read_manifest
 from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+DATA_HELP = ("an audio folder in the VoxCeleb layout (DIR/<speaker>/<session>/<utt>.wav; keys are paths relative to "
+             "DIR, the speaker is the first folder) or a manifest .jsonl (keys: utt_id)")
 
 
 def voxceleb_speaker(key: str) -> str:
