@@ -93,6 +93,7 @@ def add_synth(corpora: argparse._SubParsersAction, description: str) -> None:
 
 def run_synth(args: argparse.Namespace) -> int:
     from speakertrip.corpora.synth import prepare_synth
+    from speakertrip.tables import format_fields
 
     started = time.perf_counter()
     paths = prepare_synth(args.out, args.speakers, args.test_speakers, args.utterances, args.sessions,
@@ -101,6 +102,5 @@ def run_synth(args: argparse.Namespace) -> int:
     rows = {"corpus": paths["corpus"], "speakers": f"{args.speakers} ({args.test_speakers} held out)",
             "utterances": summary["utterances"], "hours": f"{summary['hours']:.2f}", "trials": summary["trials"],
             "seconds": f"{time.perf_counter() - started:.1f}"}
-    for name, value in rows.items():
-        print(f"{name:<12}{value}")
+    print(format_fields(list(rows.items())))
     return 0
