@@ -181,3 +181,23 @@ def test_finetune_resemblyzer_says_the_statistics_options_do_not_apply(tree, tmp
     for name, value in initial.items():
         frozen = name.endswith(("_l0", "_l1"))
         assert torch.equal(state[name], value) == frozen, name
+
+
+@pytest.mark.slow  # a real server process, started and stopped
+def test_serve_resemblyzer_matches_the_verifier(model, tmp_path):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from serve_helpers import Server, wav_bytes
+
+    enrolment, test = wav_bytes(1, 2.0, seed=1), wav_bytes(1, 2.0, seed=2)
+    with Server("--model", "resemblyzer", "--store", tmp_path / "s.db", "--threshold", 0.8, log=tmp_path / "log") as server:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            enrolled = client.post("/speakers/alice/enroll", files=[("audio", ("a.wav", enrolment, "audio/wav"))])
+            assert enrolled.status_code == 200, enrolled.text
+            answer = client.post("/speakers/alice/verify", files=[("audio", ("t.wav", test, "audio/wav"))]).json()
+    verifier = st.Verifier(model, store=tmp_path / "local.db", threshold=0.8)
+    (tmp_path / "a.wav").write_bytes(enrolment)
+    (tmp_path / "t.wav").write_bytes(test)
+    verifier.enroll("alice", [tmp_path / "a.wav"])
+    assert answer["score"] == pytest.approx(verifier.verify("alice", tmp_path / "t.wav").score, abs=1e-4)
+    assert answer["threshold"] == 0.8

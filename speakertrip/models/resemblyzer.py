@@ -36,8 +36,9 @@ LOSS_KEYS = ("similarity_weight", "similarity_bias")  # the GE2E loss's scale an
 
 
 def is_resemblyzer(source: object) -> bool:
-    """True for the source name ``"resemblyzer"`` when no file or folder of that name exists here."""
-    return isinstance(source, str) and source == SOURCE and not Path(source).exists()
+    """True for the source name ``"resemblyzer"`` (a string or a path, as the commands' ``--model`` gives it)
+    when no file or folder of that name exists here."""
+    return isinstance(source, (str, Path)) and str(source) == SOURCE and not Path(source).exists()
 
 
 def pretrained_path() -> Path:
