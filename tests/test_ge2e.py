@@ -190,7 +190,8 @@ def test_serve_resemblyzer_matches_the_verifier(model, tmp_path):
     from serve_helpers import Server, wav_bytes
 
     enrolment, test = wav_bytes(1, 2.0, seed=1), wav_bytes(1, 2.0, seed=2)
-    with Server("--model", "resemblyzer", "--store", tmp_path / "s.db", "--threshold", 0.8, log=tmp_path / "log") as server:
+    with Server("--model", "resemblyzer", "--store", tmp_path / "s.db", "--threshold", 0.8,
+                log=tmp_path / "log") as server:
         with httpx.Client(base_url=server.url, timeout=120) as client:
             enrolled = client.post("/speakers/alice/enroll", files=[("audio", ("a.wav", enrolment, "audio/wav"))])
             assert enrolled.status_code == 200, enrolled.text
