@@ -244,3 +244,86 @@ def test_slow_clients_are_cut_off_and_health_answers_under_a_flood(server):
         for connection in slow:
             connection.close()
     assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+
+
+# ---- items 7 and 11: calibrate --out ----------------------------------------------------------------------
+def test_calibrate_out_must_be_a_new_folder_outside_the_model(model, tmp_path, capsys):
+    """Item 7 (an existing file: a traceback) and item 11 (merged into a non-empty folder; nested anew inside
+    the model folder on every run): each is a one-line error and nothing is written."""
+    tree = make_voxceleb_tree(tmp_path / "corpus", num_speakers=4)
+    (tmp_path / "file").write_text("keep me\n")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me\n")
+    cases = [(tmp_path / "file", "is a file"), (tmp_path / "full", "is a folder that is not empty"),
+             (model / "calibrated", "is inside the model folder")]
+    before = sorted(path.name for path in model.iterdir())
+    for out, message in cases:
+        status = main(["calibrate", "--model", str(model), "--trials", str(tree / "veri_test2.txt"),
+                       "--data", str(tree / "wav"), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert status == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "file").read_text() == "keep me\n" and sorted(p.name for p in (tmp_path / "full").iterdir()) == [
+        "notes.txt"]
+    assert sorted(path.name for path in model.iterdir()) == before
+    (tmp_path / "empty").mkdir()
+    assert main(["calibrate", "--model", str(model), "--trials", str(tree / "veri_test2.txt"),
+                 "--data", str(tree / "wav"), "--out", str(tmp_path / "empty")]) == 0
+
+
+# ---- items 7 and 10: finetune ------------------------------------------------------------------------------
+@pytest.fixture
+def speakers(tmp_path):
+    """Six speakers; id10001 has a silent file and a 0.1 s file, every file of id10006 is silent."""
+    wav = make_voxceleb_tree(tmp_path / "corpus", num_speakers=6, sessions=2, utterances_per_session=2,
+                             duration=(0.8, 1.0), trial_list=False) / "wav"
+    first = sorted((wav / "id10001").rglob("*.wav"))
+    sf.write(first[0], np.zeros(16000, np.float32), 16000)
+    sf.write(first[1], speech_like(1, 0.1), 16000)
+    for path in (wav / "id10006").rglob("*.wav"):
+        sf.write(path, np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    return wav
+
+
+def test_finetune_leaves_out_silent_and_short_files_and_says_so(speakers, tmp_path):
+    """Item 10: silent files, a 0.1 s file and an all-silent speaker were trained on without a word."""
+    from speakertrip.data.manifest import read_manifest
+    from speakertrip.training.finetune import prepare_finetune_data
+    from speakertrip.training.finetune_config import FinetuneConfig
+
+    with pytest.warns(UserWarning) as caught:
+        paths = prepare_finetune_data(speakers, tmp_path / "data", FinetuneConfig(dev_speakers=2))
+    message = " ".join(str(w.message) for w in caught)
+    assert "left out 6 of 24 audio files that fine-tuning cannot learn from" in message
+    assert "all samples are zero" in message and "no usable file left for speaker(s) id10006" in message
+    assert "--test-speakers" not in message
+    kept = read_manifest(paths["train"]) + read_manifest(paths["dev"])
+    assert len(kept) == 18 and "id10006" not in {u.spk_id for u in kept}
+    assert all(u.duration >= 0.5 for u in kept)
+
+
+def test_finetune_errors_are_one_line_and_about_finetune(model, speakers, tmp_path, capsys):
+    """Items 7 and 10: --out a file; a bad file's error offers no --skip-bad that finetune lacks; --resume with
+    another --model or --data is refused instead of silently ignored."""
+    from speakertrip.training.finetune import SOURCES_FILE, _record_sources
+
+    (tmp_path / "file").write_text("x")
+    assert main(["finetune", "--model", str(model), "--data", str(speakers), "--out", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "is a file" in err and len(err.strip().splitlines()) == 1
+    broken = sorted((speakers / "id10002").rglob("*.wav"))[0]
+    broken.write_bytes(b"RIFF not really a wav")
+    assert main(["finetune", "--model", str(model), "--data", str(speakers), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "1 audio file(s) cannot be read" in err and "pass --skip-bad" not in err and "--skip-bad`" in err
+    assert len(err.strip().splitlines()) == 1
+    run = tmp_path / "run"  # what a started run leaves: its initial model, dev trials and sources
+    tiny_model_artifact(run / "initial_model")
+    (run / "data").mkdir()
+    (run / "data" / "dev_trials.txt").write_text("")
+    _record_sources(run / "data" / SOURCES_FILE, model, speakers, None, resume=False)
+    other = tiny_model_artifact(tmp_path / "other", seed=3)
+    for option, value in (("--model", other), ("--data", tmp_path / "corpus")):
+        argv = {"--model": str(model), "--data": str(speakers), option: str(value)}
+        assert main(["finetune", *[x for pair in argv.items() for x in pair], "--out", str(run), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert f"not {option} {value.resolve()}; resume with the same ones" in err, err

@@ -86,6 +86,22 @@ def evaluate_dev(dev: DevScores, trials: str | Path, prior: float = 0.5, strict:
     return DevEvaluation(dev_metrics(dev), calibration, str(trials))
 
 
+def check_new_folder(out: Path, model_dir: Path) -> None:
+    """ConfigError unless ``out`` can receive a calibrated copy of ``model_dir``: a new or empty folder, outside
+    the model (a file or a folder with files is never merged into; a copy inside the model would nest anew
+    on every run)."""
+    if out.resolve() == model_dir.resolve():
+        raise ConfigError(f"--out {out} is the model itself; calibrate writes a copy, so give another directory")
+    if out.resolve().is_relative_to(model_dir.resolve()):
+        raise ConfigError(f"--out {out} is inside the model folder {model_dir}; give a folder beside it "
+                          f"(e.g. {model_dir.parent / (model_dir.name + '_calibrated')})")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give the name of a new folder for the calibrated model")
+    if out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} is a folder that is not empty; give a new or empty folder (nothing is "
+                          "merged into an existing one)")
+
+
 def calibrate_model(model_dir: str | Path, trials: str | Path, out: str | Path, data: str | Path | None = None,
                     embeddings: str | Path | None = None, prior: float = 0.5, device: str = "cpu",
                     progress: bool = False) -> DevEvaluation:
@@ -95,8 +111,7 @@ def calibrate_model(model_dir: str | Path, trials: str | Path, out: str | Path, 
     only ``evaluation`` changes. Returns what was recorded.
     """
     model_dir, out = Path(model_dir), Path(out)
-    if out.resolve() == model_dir.resolve():
-        raise ConfigError(f"--out {out} is the model itself; calibrate writes a copy, so give another directory")
+    check_new_folder(out, model_dir)
     model = load_artifact(model_dir, device)
     result = evaluate_dev(dev_scores(model, trials, data, embeddings, progress), trials, prior)
     model.evaluation = {**model.evaluation, **result.to_dict()}

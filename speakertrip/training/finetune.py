@@ -29,16 +29,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from speakertrip.audio.io import load_audio
 from speakertrip.data.items import read_items
-from speakertrip.data.manifest import Utterance, read_manifest, write_manifest
+from speakertrip.data.manifest import BadEntriesError, Utterance, read_manifest, write_manifest
 from speakertrip.data.split import choose_speakers, hold_out_speakers, make_trials, split_by_speakers, write_trials
-from speakertrip.errors import ConfigError
+from speakertrip.errors import AudioError, ConfigError, SpeakertripError
+from speakertrip.models.speechbrain_hub import is_hub_id
 from speakertrip.plain_yaml import plain_data
 from speakertrip.training.averaging import SNAPSHOT_PATTERN, list_snapshots
 from speakertrip.training.batchnorm import batch_norms, reestimate_batchnorm
@@ -49,6 +52,8 @@ from speakertrip.training.trainer import Trainer
 SOURCE_PREFIX = "source:"  # speaker and utterance ids of mixed-in source-domain data
 OPTIONS_SOURCE = "fine-tuning options"  # where a bad option's error says it came from
 SUMMARY_FILE = "finetune.json"
+SOURCES_FILE = "sources.json"  # in <out>/data: the --model, --data and --dev a run was started with
+MIN_SECONDS = 0.5  # shorter files are left out of fine-tuning, with a warning
 
 
 @dataclass
@@ -76,6 +81,58 @@ def _source_utterances(path: str, count: int, seed: int) -> list[Utterance]:
             for u in utterances if u.spk_id in chosen]
 
 
+def _utterances(source: str | Path) -> list[Utterance]:
+    """The utterances of a folder or manifest; unreadable files are one error that says what to do here."""
+    try:
+        return read_items(source).utterances()
+    except BadEntriesError as error:
+        listed = "; ".join(f"{utt_id}: {reason}" for utt_id, reason in error.problems[:3])
+        raise SpeakertripError(f"{source}: {len(error.problems)} audio file(s) cannot be read ({listed}"
+                               f"{', ...' if len(error.problems) > 3 else ''}); fix or remove them, or write a "
+                               f"manifest without them (`speakertrip prepare voxceleb --root {source} --out DIR "
+                               "--skip-bad`) and pass DIR/utts.jsonl") from None
+
+
+def usable_utterances(utterances: list[Utterance], source: str | Path) -> list[Utterance]:
+    """``utterances`` without the files fine-tuning cannot learn from: shorter than MIN_SECONDS, silent or
+    holding NaN (each file is decoded once). A warning says how many were left out, with examples, and
+    which speakers lost every file."""
+    kept, dropped = [], []
+    for utterance in utterances:
+        try:
+            load_audio(utterance.path, min_duration=MIN_SECONDS)
+        except AudioError as error:
+            dropped.append((utterance, str(error)))
+        else:
+            kept.append(utterance)
+    if dropped:
+        lost = sorted({u.spk_id for u, _ in dropped} - {u.spk_id for u in kept})
+        warnings.warn(f"{source}: left out {len(dropped)} of {len(utterances)} audio files that fine-tuning cannot "
+                      f"learn from (e.g. {'; '.join(reason for _, reason in dropped[:2])})"
+                      + (f"; no usable file left for speaker(s) {', '.join(lost[:10])}, left out" if lost else ""),
+                      stacklevel=3)
+    return kept
+
+
+def _record_sources(path: Path, model: str | Path, data: str | Path, dev: str | Path | None,
+                    resume: bool) -> None:
+    """Write what a run fine-tunes (at its start) or check that ``--resume`` names the same (ConfigError)."""
+    given = {name: None if value is None else str(value) if is_hub_id(value) else str(Path(value).resolve())
+             for name, value in (("model", model), ("data", data), ("dev", dev))}
+    if not resume:
+        path.write_text(json.dumps(given, indent=2) + "\n")
+        return
+    if not path.is_file():  # a run started before the sources were recorded
+        return
+    recorded = json.loads(path.read_text())
+    for name, value in given.items():
+        if recorded.get(name) != value and (name != "dev" or value is not None):
+            raise ConfigError(f"--resume: the run in {path.parent.parent} fine-tunes --model {recorded['model']} on "
+                              f"--data {recorded['data']}" + (f" (--dev {recorded['dev']})" if recorded.get("dev")
+                                                               else "")
+                              + f", not --{name} {value}; resume with the same ones, or choose another --out")
+
+
 def prepare_finetune_data(data: str | Path, out: Path, config: FinetuneConfig,
                           dev: str | Path | None = None) -> dict[str, Path]:
     """Write ``out/{train,dev}.jsonl`` and ``out/dev_trials.txt``; returns their paths by name.
@@ -83,9 +140,9 @@ def prepare_finetune_data(data: str | Path, out: Path, config: FinetuneConfig,
     ``data`` and ``dev`` are read by :func:`speakertrip.data.items.read_items`: an audio folder in the VoxCeleb
     layout (a file's speaker is its first folder under it) or a manifest.
     """
-    utterances = read_items(data).utterances()
+    utterances = usable_utterances(_utterances(data), data)
     if dev is not None:
-        dev_set = read_items(dev).utterances()
+        dev_set = usable_utterances(_utterances(dev), dev)
         train, _ = split_by_speakers(utterances, {u.spk_id for u in dev_set})  # a dev speaker never trains
     else:
         train, dev_set = hold_out_speakers(utterances, config.dev_speakers, config.seed)
@@ -230,6 +287,17 @@ def without_statistics_options(config: FinetuneConfig, model: nn.Module) -> Fine
     return dataclasses.replace(config, freeze_statistics=False, source_statistics=False)
 
 
+def _load(model: str | Path) -> nn.Module:
+    """``load_model(model)``; a file that cannot be read is an error naming it and why (not a traceback)."""
+    from speakertrip.models import load_model
+
+    try:
+        return load_model(model)
+    except OSError as error:
+        raise SpeakertripError(f"{error.filename or model}: cannot read the model: "
+                               f"{error.strerror or error}") from None
+
+
 def finetune(model: str | Path, data: str | Path, out: str | Path, config: FinetuneConfig | None = None,
              dev: str | Path | None = None, resume: bool = False) -> FinetuneResult:
     """Fine-tune ``model`` on the speakers of ``data`` into ``<out>/model``; see the module docstring.
@@ -249,10 +317,13 @@ def finetune(model: str | Path, data: str | Path, out: str | Path, config: Finet
     config = config or FinetuneConfig()
     out = Path(out)
     initial, data_dir = out / "initial_model", out / "data"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a new folder (or the folder of a run to --resume)")
     train_config(config, out, initial)  # every option checked before anything is loaded, read or written
     if resume:
         if not (initial / "config.yaml").is_file() or not (data_dir / "dev_trials.txt").is_file():
             raise ConfigError(f"--resume: {out} holds no fine-tuning run (initial_model/ and data/ are missing)")
+        _record_sources(data_dir / SOURCES_FILE, model, data, dev, resume=True)
         start = load_model(initial)
         paths = {name: data_dir / file for name, file in
                  (("train", "train.jsonl"), ("dev", "dev.jsonl"), ("dev_trials", "dev_trials.txt"))}
@@ -260,8 +331,9 @@ def finetune(model: str | Path, data: str | Path, out: str | Path, config: Finet
         if (out / "checkpoints" / "last.pt").is_file():
             raise ConfigError(f"{out} already holds a run (checkpoints/last.pt): pass --resume to continue it, "
                               "or choose another --out")
-        start = load_model(model)
+        start = _load(model)
         paths = prepare_finetune_data(data, data_dir, config, dev)
+        _record_sources(data_dir / SOURCES_FILE, model, data, dev, resume=False)
         start.save(initial)
     config = without_statistics_options(config, start)
     train_utts = read_manifest(paths["train"])
