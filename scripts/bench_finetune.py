@@ -58,6 +58,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--espeak-trials", type=Path, help="default DEMO/synth/data/trials/veri_test2.txt")
     parser.add_argument("--source", type=Path, help="source-domain manifest mixed in against forgetting "
                         "(default DEMO/synth/data/fit.jsonl; 'none' to switch off)")
+    parser.add_argument("--no-preprocessing-table", action="store_true", help="with --model resemblyzer: skip the "
+                        "table of preprocessing choices (the per-fold check against the package still runs)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_finetune"))
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--first-folds", type=int, help="fine-tune and evaluate only the first N folds of each "
@@ -258,7 +260,8 @@ def main() -> None:
                "espeak_before": evaluate(demo, espeak, args.espeak_trials)}
     if resemblyzer:
         context.update(package_embeddings=package_embeddings(real, "volume"), package_gaps=[])
-        preprocessing_table(demo, real, context, args)
+        if not args.no_preprocessing_table:
+            preprocessing_table(demo, real, context, args)
     seeds = list(range(args.seed, args.seed + args.splits))
     print(f"real voices: {len(by_speaker)} speakers, {len(real)} utterances, {args.folds} folds x {len(seeds)} "
           f"split(s); model {args.model}; eSpeak held-out EER before {100 * context['espeak_before']:.2f} %",
