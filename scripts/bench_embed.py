@@ -137,13 +137,13 @@ def bench_extraction(count: int, threads: int, round_size: int) -> None:
 def bench_identify(speakers: int, queries: int = 200) -> None:
     from speakertrip.models import EmbeddingModel
     from speakertrip.features import FeatureConfig
-    from speakertrip.verification.enrolment_store import EnrolmentStore
+    from speakertrip.verification.stores import open_store
     from speakertrip.verification.verifier import Verifier
 
     rng = np.random.default_rng(1)
     model = EmbeddingModel(FeatureConfig.speechbrain(n_mels=80), "ecapa", {"channels": 512}).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        store = EnrolmentStore(Path(tmp) / "s.db", model.identity, model.embedding_dim)
+        store = open_store(Path(tmp) / "s.db", model.identity, model.embedding_dim)
         start = time.perf_counter()
         for index in range(speakers):
             store.add(f"speaker{index:06d}", rng.standard_normal((1, 192)).astype(np.float32), [f"u{index}"])

@@ -285,9 +285,9 @@ def run(work: Path) -> None:
         unexpected, notes = asyncio.run(soak(server.port, uploads, args.soak_clients))
         elapsed = time.perf_counter() - started
         server.stop()
-        from speakertrip.verification import EnrolmentStore
+        from speakertrip.verification import open_store
 
-        with EnrolmentStore(work / "soak.db", create=False) as store:
+        with open_store(work / "soak.db", create=False) as store:
             held = {(s.name, s.num_utterances) for s in store.speakers()}
         good = {(name, 1) for name, ok, _ in uploads if ok}
         soak_ok = held == good and unexpected == 0

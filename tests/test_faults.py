@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from speakertrip.errors import SpeakertripError
-from speakertrip.verification.enrolment_store import EnrolmentStore
+from speakertrip.verification.stores import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 DIM = 8
@@ -32,8 +32,8 @@ def run_python(code: str, *args: str) -> subprocess.Popen:
 
 ENROL_FOREVER = """
     import sys, numpy as np
-    from speakertrip.verification.enrolment_store import EnrolmentStore
-    store = EnrolmentStore(sys.argv[1], model_identity="m", embedding_dim=8)
+    from speakertrip.verification.stores import open_store
+    store = open_store(sys.argv[1], model_identity="m", embedding_dim=8)
     rng = np.random.default_rng(0)
     for i in range(100000):
         count = 1 + i % 5
@@ -49,7 +49,7 @@ def check_consistent(path: Path) -> list[str]:
     assert db.execute("SELECT COUNT(*) FROM utterances WHERE speaker_id NOT IN (SELECT id FROM speakers)"
                       ).fetchone()[0] == 0
     db.close()
-    with EnrolmentStore(path, create=False) as store:
+    with open_store(path, create=False) as store:
         names = [info.name for info in store.speakers()]
         for info in store.speakers():
             sources, embeddings = store.utterance_embeddings(info.name)
@@ -73,15 +73,15 @@ def test_sigkill_during_enrolment_leaves_the_store_before_or_after(tmp_path, aft
     # exactly the calls that returned, or one more (killed after COMMIT, before its print)
     assert names == [f"s{i:05d}" for i in range(len(names))]
     assert len(names) in (committed, committed + 1)
-    with EnrolmentStore(path, model_identity="m", embedding_dim=DIM) as store:  # and it stays writable
+    with open_store(path, model_identity="m", embedding_dim=DIM) as store:  # and it stays writable
         store.add("after", np.ones((1, DIM)), ["x.wav"])
 
 
 REMOVE_AND_ENROL = """
     import sys, numpy as np
     from speakertrip.errors import KeyNotFoundError
-    from speakertrip.verification.enrolment_store import EnrolmentStore
-    store = EnrolmentStore(sys.argv[1], model_identity="m", embedding_dim=8, timeout=30)
+    from speakertrip.verification.stores import open_store
+    store = open_store(sys.argv[1], model_identity="m", embedding_dim=8, timeout=30)
     rng = np.random.default_rng(int(sys.argv[2]))
     for i in range(150):
         if sys.argv[2] == "0":
@@ -97,7 +97,7 @@ REMOVE_AND_ENROL = """
 
 def test_enrol_and_remove_of_one_speaker_from_two_processes(tmp_path):
     path = tmp_path / "s.db"
-    with EnrolmentStore(path, model_identity="m", embedding_dim=DIM) as store:
+    with open_store(path, model_identity="m", embedding_dim=DIM) as store:
         store.add("bob", np.ones((1, DIM)), ["bob.wav"])
     processes = [run_python(REMOVE_AND_ENROL, str(path), str(role)) for role in (0, 1)]
     for process in processes:

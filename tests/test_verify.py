@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import speakertrip as st
-from speakertrip.errors import AudioError, ConfigError, FormatError, KeyNotFoundError
+from speakertrip.errors import AudioError, ConfigError, CorruptStoreError, KeyNotFoundError
 from speakertrip.evaluation import DevCalibration, DevScores, evaluate_dev
 from speakertrip.models import EmbeddingModel, load_model
 from speakertrip.features import FeatureConfig
@@ -153,7 +153,7 @@ def test_bad_input_leaves_the_store_unchanged(model, files, tmp_path):
     with pytest.raises(ModelMismatchError):
         Verifier(tiny_model(seed=1), store=verifier.store)
     (tmp_path / "junk.db").write_bytes(b"\x00junk" * 300)
-    with pytest.raises(FormatError, match=r"junk\.db"):
+    with pytest.raises(CorruptStoreError, match=r"junk\.db: not a readable enrolment store"):
         Verifier(model, store=tmp_path / "junk.db")
     assert store_rows(path) == before
 

@@ -17,7 +17,8 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("serve", help="HTTP service (and a web page) to enrol, verify and identify")
     parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
-    parser.add_argument("--store", type=Path, required=True, help="enrolment store (SQLite file; created if missing)")
+    parser.add_argument("--store", required=True, help="enrolment store: an SQLite file, or a postgresql:// URL that "
+                        "every replica shares (created by the first enrolment if missing)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other "
                         "than loopback needs --token-file)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one)")
@@ -129,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _announce(identity: str, threshold: float, speakers: int, settings, workers: int) -> None:
+    from speakertrip.verification.stores import describe
+
     token = "required (--token-file)" if settings.token_file else "off (loopback only)"
-    print(f"speakertrip serve: model {identity[:12]}, threshold {threshold:.4f}, store {settings.store} "
+    print(f"speakertrip serve: model {identity[:12]}, threshold {threshold:.4f}, store {describe(settings.store)} "
           f"({speakers} speakers), {workers} worker(s), token {token}", flush=True)

@@ -31,7 +31,9 @@ def _common(parser: argparse.ArgumentParser, model: bool = True) -> None:
         parser.add_argument("--norm", choices=["asnorm"], default=None,
                             help="normalise scores with the store's cohort (needs --threshold)")
         parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
-    parser.add_argument("--store", type=Path, required=True, help="enrolment store (SQLite file)")
+    parser.add_argument("--store", required=True,
+                        help="enrolment store: an SQLite file, or a postgresql://user@host/db URL (PostgreSQL + "
+                             "pgvector; the password may come from PGPASSWORD or ~/.pgpass)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,12 +88,12 @@ def run_enroll(args: argparse.Namespace) -> int:
         raise ConfigError(f"no audio files given for speaker {args.entries[0]!r}: enroll NAME FILE [FILE ...]")
     verifier = _verifier(args)
     if args.cohort:
-        print(f"cohort: {verifier.enroll_cohort(args.cohort)} utterances in {args.store}")
+        print(f"cohort: {verifier.enroll_cohort(args.cohort)} utterances in {verifier.store.location}")
     if args.entries:
         name, files = args.entries[0], [Path(f) for f in args.entries[1:]]
         count = verifier.enroll(name, files, replace=args.replace)
         print(f"{name}: {len(files)} utterance(s) added, {count} enrolled; "
-              f"{len(verifier.store)} speaker(s) in {args.store}")
+              f"{len(verifier.store)} speaker(s) in {verifier.store.location}")
     return 0
 
 
@@ -125,11 +127,11 @@ def run_identify(args: argparse.Namespace) -> int:
 
 
 def run_speakers(args: argparse.Namespace) -> int:
-    from speakertrip.verification.enrolment_store import EnrolmentStore
+    from speakertrip.verification.stores import open_store
 
-    with EnrolmentStore(args.store, create=False) as store:
+    with open_store(args.store, create=False) as store:
         speakers = store.speakers()
-        print(f"{args.store}: {len(speakers)} speaker(s), model {store.model_identity}, "
+        print(f"{store.location}: {len(speakers)} speaker(s), model {store.model_identity}, "
               f"{store.embedding_dim}-d, cohort of {len(store.cohort())}")
         width = max([len("name")] + [len(s.name) for s in speakers])
         print(f"{'name':<{width}}  {'utterances':>10}  updated")

