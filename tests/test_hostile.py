@@ -169,6 +169,16 @@ def test_repeated_security_headers_are_refused(server):
         assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
 
 
+def test_a_url_that_is_not_utf8_is_refused_not_merged(client):
+    """Item 12 (the HTTP side): %ff and %fe both became U+FFFD, so two names met in one speaker."""
+    clip = audio(("n.wav", wav_bytes(6, 1.0)))
+    for raw in ("/speakers/caf%ff/enroll", "/speakers/caf%fe/enroll"):
+        response = client.post(raw, files=clip)
+        assert response.status_code == 400 and "not UTF-8" in response.json()["error"]
+    assert not any(name.startswith("caf") for name in names(client))
+    assert client.post("/speakers/caf%C3%A9/enroll", files=clip).json()["name"] == "café"
+
+
 # ---- item 6: expected conditions get their status -------------------------------------------------------
 def test_store_conditions_map_to_their_status():
     """Item 6: read-only 403, another model's store 409, unreachable or damaged 503."""

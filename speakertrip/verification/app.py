@@ -29,7 +29,7 @@ import logging
 import os
 from importlib import resources
 from typing import Annotated, AsyncIterator
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -82,6 +82,10 @@ class Guard:
 
     def refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> JSONResponse | None:
         """The answer to a request that must not reach a route (400, 403), or None."""
+        try:  # uvicorn decodes the path with replacement: two different names would meet in one U+FFFD
+            unquote_to_bytes(scope.get("raw_path") or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            return _error(400, "the URL's path is not UTF-8 once percent-decoded; speaker names are UTF-8 text")
         names = [name for name, _ in scope["headers"]]
         repeated = sorted({name.decode() for name in SINGLE_HEADERS if names.count(name) > 1})
         if repeated:
