@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--realvoices-builder", type=Path, help="the realvoices_dev corpus builder script; builds "
                         "the corpus into OUT/realvoices unless --realvoices is given")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, help="training steps of every run (default 200; --quick 4)")
+    parser.add_argument("--steps", type=int, help="training steps of every run (default 150; --quick 4)")
     parser.add_argument("--losses", nargs="*", choices=sorted(LOSSES), metavar="NAME",
                         help=f"a subset of: {', '.join(LOSSES)}")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seeds < 1 or args.bootstrap < 2:
         parser.error("need --seeds >= 1 and --bootstrap >= 2")
     args.losses = args.losses or list(LOSSES)
-    args.steps = args.steps or (4 if args.quick else 200)
+    args.steps = args.steps or (4 if args.quick else 150)
     return args
 
 
@@ -87,13 +87,13 @@ def real_voices(args: argparse.Namespace) -> Path | None:
     return root
 
 
-def trial_lists(args: argparse.Namespace, espeak: dict[str, Path]) -> dict[str, tuple[Any, dict[str, str]]]:
+def trial_lists(args: argparse.Namespace, espeak: Any) -> dict[str, tuple[Any, dict[str, str]]]:
     """Each list's name → (trials, key → audio path)."""
     from speakertrip.data.manifest import read_manifest
     from speakertrip.scoring import read_trials
 
-    lists = {"eSpeak held-out": (read_trials(espeak["veri_test2"]),
-                                 {u.utt_id: u.path for u in read_manifest(espeak["test"])})}
+    lists = {"eSpeak held-out": (read_trials(espeak.test_trials),
+                                 {u.utt_id: u.path for u in read_manifest(espeak.test)})}
     root = real_voices(args)
     if root is not None:
         trials = read_trials(root / "trials.txt")
@@ -101,7 +101,7 @@ def trial_lists(args: argparse.Namespace, espeak: dict[str, Path]) -> dict[str, 
     return lists
 
 
-def run_one(name: str, seed: int, settings: Any, data: tuple, lists: dict, out: Path) -> dict[str, np.ndarray]:
+def run_one(name: str, seed: int, settings: Any, data: Any, lists: dict, out: Path) -> dict[str, np.ndarray]:
     """Train one loss with one seed (unless its scores are saved) → each list's scores (N,)."""
     from speakertrip.data.embedding_store import EmbeddingStore
     from speakertrip.demo import training_config
@@ -116,7 +116,7 @@ def run_one(name: str, seed: int, settings: Any, data: tuple, lists: dict, out: 
             if set(scores.files) == set(lists):
                 return {key: scores[key] for key in scores.files}
     started = time.perf_counter()
-    config = training_config(settings, data, run_dir / "exp", seed, loss=LOSSES[name])
+    config = training_config(settings, data, run_dir / "exp", seed, loss=LOSSES[name], validate=False)
     config.train.progress = False
     model = load_model(train(config) / "model")
     trained = time.perf_counter() - started
@@ -202,17 +202,13 @@ def _versus(comparison: dict, name: str, scale: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
     args = parse_args(argv)
-    from speakertrip.corpora.synth import prepare_synth
-    from speakertrip.data.manifest import read_manifest
-    from speakertrip.demo import FULL, QUICK, split_dev
+    from speakertrip.demo import FULL, QUICK, prepare_data
 
     started = time.perf_counter()
     demo = QUICK if args.quick else FULL
     settings = dataclasses.replace(demo, steps=args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
-    espeak = prepare_synth(args.out / "synth", demo.speakers, demo.test_speakers, demo.utterances, demo.sessions,
-                           seed=0, progress=False)
-    fit, _, _ = split_dev(read_manifest(espeak["train"]), demo.dev_speakers, args.out / "synth" / "data")
+    espeak = prepare_data(demo, args.out / "synth", seed=0, progress=False)
     lists = trial_lists(args, espeak)
     print(f"{len(args.losses)} losses x {args.seeds} seeds, {settings.steps} steps of {settings.p} x {settings.k} "
           f"crops of {settings.crop_seconds} s, ECAPA C={settings.channels}; lists: "
@@ -220,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
     scores: dict[str, dict[str, list[np.ndarray]]] = {list_name: {} for list_name in lists}
     for name in args.losses:
         for seed in range(args.seeds):
-            run = run_one(name, seed, settings, (fit, None, None), lists, args.out)
+            run = run_one(name, seed, settings, espeak, lists, args.out)
             for list_name in lists:
                 scores[list_name].setdefault(name, []).append(run[list_name])
     results = {list_name: summarise(scores[list_name], lists[list_name][0], args.bootstrap) for list_name in lists}

@@ -40,7 +40,7 @@ class DemoSettings:
 
     speakers: int  # in all: training + dev + held-out test
     test_speakers: int  # held out: scored, never trained on, never used to pick a threshold
-    dev_speakers: int  # taken from the training speakers: validation and the verify threshold
+    dev_speakers: int  # held out like the test speakers: validation, the verify threshold, operating points
     utterances: int  # per speaker
     sessions: int  # recording channels per speaker
     channels: int  # ECAPA width
@@ -52,37 +52,75 @@ class DemoSettings:
     lr: float
 
 
-FULL = DemoSettings(speakers=220, test_speakers=20, dev_speakers=8, utterances=16, sessions=4, channels=64,
+FULL = DemoSettings(speakers=220, test_speakers=20, dev_speakers=20, utterances=16, sessions=4, channels=64,
                     n_mels=40, crop_seconds=1.5, p=16, k=4, steps=500, lr=4e-3)
 QUICK = DemoSettings(speakers=40, test_speakers=6, dev_speakers=3, utterances=8, sessions=2, channels=32,
                      n_mels=40, crop_seconds=1.0, p=8, k=4, steps=60, lr=4e-3)
 
 
-def split_dev(train: Sequence[Utterance], dev_speakers: int, out: Path, seed: int = 0) -> tuple[Path, Path, Path]:
-    """Move the last ``dev_speakers`` training speakers into a dev set with its own trial list.
+@dataclass(frozen=True)
+class DemoData:
+    """The demo's manifests and trial lists: training (``fit``), dev and held-out test."""
 
-    Returns the paths of the remaining training manifest, the dev manifest and the dev trials.
+    fit: Path
+    dev: Path
+    dev_trials: Path
+    test: Path
+    test_trials: Path
+
+
+def prepare_data(settings: DemoSettings, out: str | Path, seed: int = 0, workers: int | None = None,
+                 progress: bool = True) -> DemoData:
+    """The synthetic corpus in ``out/corpus``, its manifests and trial lists in ``out/data``.
+
+    The last ``dev_speakers + test_speakers`` speakers speak held-out languages with held-out voice variants
+    and are never trained on: the first ``dev_speakers`` of them (by id) form the dev set, the others the
+    test set (:func:`split_held_out`), so dev and test speakers are alike, over the same kind of sessions
+    and channels. The rest (``train.jsonl``) is the training set.
+    """
+    from speakertrip.corpora.synth import prepare_synth
+
+    held_out = settings.dev_speakers + settings.test_speakers
+    paths = prepare_synth(out, settings.speakers, held_out, settings.utterances, settings.sessions, seed, workers,
+                          progress=progress)
+    dev, dev_trials = split_held_out(read_manifest(paths["test"]), settings.test_speakers, paths["test"],
+                                     paths["veri_test2"], seed)
+    if progress:
+        from speakertrip.data.prepared import prepared_table
+
+        print(prepared_table({"train": paths["train"], "dev": dev, "dev_trials": dev_trials, "test": paths["test"],
+                              "veri_test2": paths["veri_test2"]}))
+    return DemoData(paths["train"], dev, dev_trials, paths["test"], paths["veri_test2"])
+
+
+def split_held_out(held_out: Sequence[Utterance], test_speakers: int, test: Path, test_trials: Path,
+                   seed: int = 0) -> tuple[Path, Path]:
+    """Keep the last ``test_speakers`` held-out speakers (by id) in ``test`` and ``test_trials`` (rewritten);
+    the others become the dev set, ``dev.jsonl`` and ``dev_trials.txt`` beside ``test``.
+
+    Both trial lists are balanced and cross-session (:func:`speakertrip.data.split.make_trials`). Returns
+    the paths of the dev manifest and the dev trials.
     """
     from speakertrip.data.split import hold_out_speakers, make_trials, write_trials
 
-    fit_rows, dev_rows = hold_out_speakers(train, dev_speakers, seed=None, option="dev_speakers")
-    paths = out / "fit.jsonl", out / "dev.jsonl", out / "dev_trials.txt"
-    write_manifest(fit_rows, paths[0])
-    write_manifest(dev_rows, paths[1])
-    write_trials(make_trials(dev_rows, max_trials=None, seed=seed, balanced=True, cross_session=True), paths[2])
-    return paths
+    dev_rows, test_rows = hold_out_speakers(held_out, test_speakers, seed=None, option="test_speakers")
+    dev, dev_trials = test.parent / "dev.jsonl", test.parent / "dev_trials.txt"
+    for rows, manifest, trials in ((dev_rows, dev, dev_trials), (test_rows, test, test_trials)):
+        write_manifest(rows, manifest)
+        write_trials(make_trials(rows, max_trials=None, seed=seed, balanced=True, cross_session=True), trials)
+    return dev, dev_trials
 
 
-def training_config(settings: DemoSettings, data: tuple[Path, Path | None, Path | None], exp_dir: Path, seed: int,
-                    loss: tuple[str, dict[str, Any]] | None = None) -> Any:
+def training_config(settings: DemoSettings, data: DemoData, exp_dir: Path, seed: int,
+                    loss: tuple[str, dict[str, Any]] | None = None, validate: bool = True) -> Any:
     """The demo's :class:`speakertrip.training.config.TrainConfig`: small ECAPA and the demo's loss.
 
-    ``data`` is (fit, dev, dev trials); without a dev set (None) training validates nothing.
-    ``loss`` = (kind, options) replaces the demo's loss, as ``scripts/study_losses.py`` does.
+    ``loss`` = (kind, options) replaces the demo's loss, as ``scripts/study_losses.py`` does; without
+    ``validate`` training never embeds the dev set.
     """
     from speakertrip.training.config import TrainConfig
 
-    fit, dev, dev_trials = data
+    fit, dev, dev_trials = data.fit, data.dev if validate else None, data.dev_trials if validate else None
     kind, options = loss or ("multi_positive", {"margin": 0.3, "hardest_negatives": settings.k})
     return TrainConfig.from_dict({
         "data": {"train": str(fit), "dev": dev and str(dev), "dev_trials": dev_trials and str(dev_trials),
@@ -146,17 +184,15 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, w
     Writes ``out/synth`` (corpus and manifests), ``out/exp`` (training run, ``curves.png``, ``model/``),
     ``out/det.png``, ``out/speakers.db`` and ``out/results.json``.
     """
-    from speakertrip.corpora.synth import prepare_synth
     from speakertrip.models import embed_many, load_model
     from speakertrip.training.averaging import build_model
     from speakertrip.training.trainer import SUMMARY_FILE, train
 
     settings, out, started = (QUICK if quick else FULL), Path(out), time.perf_counter()
     say = print if progress else (lambda *_: None)
-    say(f"[1/5] synthetic corpus: {settings.speakers} eSpeak speakers ({settings.test_speakers} held out)")
-    paths = prepare_synth(out / "synth", settings.speakers, settings.test_speakers, settings.utterances,
-                          settings.sessions, seed, workers, progress=progress)
-    data = split_dev(read_manifest(paths["train"]), settings.dev_speakers, out / "synth" / "data", seed)
+    say(f"[1/5] synthetic corpus: {settings.speakers} eSpeak speakers ({settings.test_speakers} held out for the "
+        f"test, {settings.dev_speakers} for dev)")
+    data = prepare_data(settings, out / "synth", seed, workers, progress)
 
     say(f"[2/5] training ECAPA (C={settings.channels}) with the multi-positive triplet loss, {settings.steps} steps")
     config = training_config(settings, data, out / "exp", seed)
@@ -168,8 +204,8 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, w
     untrained = build_model(config)
 
     say("[3/5] embedding the held-out speakers")
-    test = read_manifest(paths["test"])
-    trials = read_trials(paths["veri_test2"])
+    test = read_manifest(data.test)
+    trials = read_trials(data.test_trials)
     waves = [u.path for u in test]
     systems = {
         TRAINED: trained.embed_batch(waves),

@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from speakertrip.corpora.synth import HELD_OUT_LANGUAGES
 from speakertrip.data.manifest import read_manifest
-from speakertrip.demo import BASELINE, TRAINED, UNTRAINED, mean_logmel_embeddings, run_demo, split_dev
+from speakertrip.demo import QUICK, BASELINE, TRAINED, UNTRAINED, mean_logmel_embeddings, run_demo, split_held_out
 from speakertrip.features import FeatureConfig, LogMelFrontend
 from speakertrip.scoring import read_trials
 from speakertrip.testing import make_voxceleb_tree
+
+pytestmark = pytest.mark.slow  # the module's fixture runs the quick demo
 
 
 @pytest.fixture(scope="module")
@@ -35,30 +38,40 @@ def test_quick_demo_trains_a_model_that_beats_both_baselines(quick_demo):
 def test_quick_demo_scores_only_held_out_speakers(quick_demo):
     out, _ = quick_demo
     data = out / "synth" / "data"
-    trained_on = {u.spk_id for u in read_manifest(data / "fit.jsonl")}
+    trained_on = {u.spk_id for u in read_manifest(data / "train.jsonl")}
     dev = {u.spk_id for u in read_manifest(data / "dev.jsonl")}
     test = {u.spk_id for u in read_manifest(data / "test.jsonl")}
+    assert (len(trained_on), len(dev), len(test)) == (QUICK.speakers - QUICK.dev_speakers - QUICK.test_speakers,
+                                                      QUICK.dev_speakers, QUICK.test_speakers)
     trials = read_trials(data / "trials" / "veri_test2.txt")
-    in_trials = {key.split("/")[0] for key in trials.enroll + trials.test}
-    assert in_trials <= test
+    assert {key.split("/")[0] for key in trials.enroll + trials.test} == test
     assert not trained_on & test and not dev & test and not trained_on & dev
     dev_trials = read_trials(data / "dev_trials.txt")
-    assert {key.split("/")[0] for key in dev_trials.enroll + dev_trials.test} <= dev
+    assert {key.split("/")[0] for key in dev_trials.enroll + dev_trials.test} == dev
+    synth = json.loads((out / "synth" / "corpus" / "synth.json").read_text())
+    voices = {voice["speaker"]: voice for voice in synth["speakers"]}
+    assert set(synth["test_speakers"]) == dev | test  # dev speakers are held out like the test speakers
+    assert all(voices[speaker]["language"] in HELD_OUT_LANGUAGES for speaker in dev | test)
+    for listed in (trials, dev_trials):  # no trial twice, in either order
+        pairs = [frozenset(pair) for pair in zip(listed.enroll, listed.test)]
+        assert len(set(pairs)) == len(pairs)
 
 
-def test_split_dev_moves_whole_speakers(tmp_path):
+def test_split_held_out_gives_the_last_speakers_to_the_test_and_the_others_to_dev(tmp_path):
     from speakertrip.corpora.voxceleb import prepare_voxceleb
 
     root = make_voxceleb_tree(tmp_path / "vox", num_speakers=5, sessions=2, utterances_per_session=2)
     paths = prepare_voxceleb(root, tmp_path / "data", progress=False)
     utterances = read_manifest(paths["utts"])
-    fit, dev, trials = split_dev(utterances, 2, tmp_path / "split")
-    fit_rows, dev_rows = read_manifest(fit), read_manifest(dev)
-    assert len(fit_rows) + len(dev_rows) == len(utterances)
-    assert len({u.spk_id for u in dev_rows}) == 2
-    assert not {u.spk_id for u in fit_rows} & {u.spk_id for u in dev_rows}
-    labels = read_trials(trials).labels
-    assert labels.any() and not labels.all()
+    dev, dev_trials = split_held_out(utterances, 3, paths["test"], paths["veri_test2"])
+    dev_rows, test_rows = read_manifest(dev), read_manifest(paths["test"])
+    assert sorted(dev_rows + test_rows, key=lambda u: u.utt_id) == sorted(utterances, key=lambda u: u.utt_id)
+    assert {u.spk_id for u in dev_rows} == {"id10001", "id10002"}
+    assert {u.spk_id for u in test_rows} == {"id10003", "id10004", "id10005"}
+    for rows, trials in ((dev_rows, dev_trials), (test_rows, paths["veri_test2"])):
+        listed = read_trials(trials)
+        assert {key.split("/")[0] for key in listed.enroll + listed.test} == {u.spk_id for u in rows}
+        assert listed.labels.any() and not listed.labels.all()
 
 
 def test_mean_logmel_baseline_is_the_mean_unnormalised_log_mel(tmp_path):
