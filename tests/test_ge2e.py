@@ -115,6 +115,7 @@ def test_bad_checkpoints_are_format_errors_naming_the_file(tmp_path):
         importer.import_resemblyzer(tmp_path / "code.pt")
 
 
+@pytest.mark.slow  # exporting the LSTM takes ~10 s
 def test_onnx_export_matches_the_model(model, tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     from speakertrip.extraction.export import export_onnx
@@ -142,7 +143,7 @@ def tree(tmp_path_factory):
                               utterances_per_session=3, duration=(1.7, 2.2), seed=5)
 
 
-@pytest.mark.parametrize("loss", ["multi_positive", "aam"])
+@pytest.mark.parametrize("loss", ["multi_positive", pytest.param("aam", marks=pytest.mark.slow)])
 def test_train_a_ge2e_encoder_from_scratch(tree, tmp_path, loss):
     from speakertrip.corpora.voxceleb import prepare_voxceleb
     from speakertrip.training.config import load_config
