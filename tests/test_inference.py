@@ -67,10 +67,10 @@ def test_streams_and_unoptimised_path_give_the_same_embeddings():
     model = randomise_batch_norms(EmbeddingModel(FeatureConfig(n_mels=24), "ecapa", {"channels": 32}))
     rng = np.random.default_rng(4)
     waves = [speech_like(i, float(rng.uniform(0.3, 1.5))) for i in range(9)]
-    two = embed_many(model, waves, sample_rate=16000, num_threads=2, batch_seconds=2.0)
+    two = embed_many(model, waves, sample_rate=16000, num_threads=2, batch_seconds=2.0, backend="float32")
     assert torch.get_num_threads() == 1  # restored
-    one = embed_many(model, waves, sample_rate=16000, num_threads=1, streams=1, batch_seconds=2.0)
-    plain = embed_many(model, waves, sample_rate=16000, optimize=False, batch_seconds=2.0)
+    one = embed_many(model, waves, sample_rate=16000, num_threads=1, streams=1, batch_seconds=2.0, backend="float32")
+    plain = embed_many(model, waves, sample_rate=16000, backend="eager", batch_seconds=2.0)
     np.testing.assert_array_equal(two, one)  # a row's result does not depend on which stream ran it
     np.testing.assert_allclose(two, plain, atol=1e-5)
     with torch.inference_mode():

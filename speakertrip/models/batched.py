@@ -2,10 +2,11 @@
 
 A file gives the same embedding alone or inside a batch (to ~1e-6): the frontend keeps padding
 out of its statistics, the encoder's pooling gets the valid lengths, and every "same"-padded
-convolution reflects at each row's own end instead of seeing its neighbours' padding. An ECAPA
-encoder runs through its frozen inference copy (:mod:`speakertrip.models.inference_ecapa`: batch norm folded,
-per-row reflection by index, ~1.2-1.5x fewer CPU cycles), on a CPU one batch per thread at a
-time; other encoders run as they are inside :func:`exact_padding`. Long files can be cut into
+convolution reflects at each row's own end instead of seeing its neighbours' padding. The backend
+(:mod:`speakertrip.models.backends`) computes the batches: by default an ECAPA encoder runs through
+its frozen inference copy (:mod:`speakertrip.models.inference_ecapa`: batch norm folded, per-row
+reflection by index), in bfloat16 on CPUs that multiply it natively, on a CPU one batch per
+thread at a time; other encoders run as they are inside :func:`exact_padding`. Long files can be cut into
 equal chunks whose embeddings are averaged; leading and trailing silence can be trimmed by
 frame energy.
 
@@ -26,7 +27,7 @@ import contextlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from speakertrip.audio.trim import trim_silence
 from speakertrip.data.datasets import bucket_batches
 from speakertrip.data.manifest import Utterance
 from speakertrip.errors import AudioError, ConfigError
-from speakertrip.models.inference_ecapa import inference_model
+from speakertrip.models.backends import select_backend
 from speakertrip.models.padding import exact_padding
 
 Item = Union[str, Path, Utterance, np.ndarray, torch.Tensor]
@@ -76,7 +77,7 @@ def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | No
                batch_seconds: float | None = None, max_batch_size: int = 64, device: str | torch.device | None = None,
                num_threads: int | None = None, trim_db: float | None = None, chunk_seconds: float | None = None,
                loader_threads: int = 4, progress: bool = False, streams: int | None = None,
-               optimize: bool = True) -> np.ndarray:
+               backend: str = "auto") -> np.ndarray:
     """Embed many utterances in batches of similar duration; returns float32 (N, D), rows L2-normalised.
 
     Parameters
@@ -95,8 +96,9 @@ def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | No
     streams : batches computed at once on CPU, sharing the ``num_threads`` threads; default: one per
         thread (independent batches scale better than one batch split over threads, and a busy core
         stalls one stream instead of every operation). Always 1 on a GPU.
-    optimize : run an ECAPA encoder through its frozen inference copy (:mod:`speakertrip.models.inference_ecapa`,
-        same embeddings to float32 rounding); False runs the model itself
+    backend : how batches are computed (:data:`speakertrip.models.backends.BACKENDS`): ``auto`` (bfloat16 on a
+        CPU with native bfloat16 and an ECAPA encoder, else float32), ``float32`` (exact to float32 rounding),
+        ``bfloat16``, ``int8``, ``onnxruntime``, ``eager`` (the model itself); tolerances in that module
 
     >>> from speakertrip.models import load_model
     >>> from speakertrip.testing import speech_like, tiny_model_artifact
@@ -112,10 +114,10 @@ def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | No
     device = next(model.parameters()).device
     threads, was_training = torch.get_num_threads(), model.training
     model.eval()
-    fast = inference_model(model) if optimize else None
-    runner = model if fast is None else fast
+    chosen = select_backend(model, backend, device)
+    runner = chosen.forward
     batch_seconds = batch_seconds or (10.0 if device.type == "cpu" else 160.0)
-    streams = 1 if fast is None or device.type != "cpu" else max(1, streams or num_threads or threads)
+    streams = 1 if not chosen.parallel or device.type != "cpu" else max(1, streams or num_threads or threads)
     try:
         with ThreadPoolExecutor(max(1, loader_threads)) as loader, contextlib.ExitStack() as stack:
             durations = list(loader.map(lambda item: item_duration(item, sample_rate), items))
@@ -124,7 +126,7 @@ def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | No
             batches = bucket_batches(durations, max_batch_seconds=batch_seconds, max_batch_size=max_batch_size)
             streams = max(1, min(streams, len(batches)))  # one batch gets every thread
             torch.set_num_threads(max(1, (num_threads or threads) // streams))
-            if fast is None:
+            if chosen.patches_model:
                 stack.enter_context(exact_padding(model))  # patches the model: one stream only
             workers = stack.enter_context(ThreadPoolExecutor(streams))  # shut down (drained) first
 
@@ -155,7 +157,7 @@ def embed_many(model: nn.Module, items: Sequence[Item], *, sample_rate: int | No
     return output
 
 
-def _embed_waves(model: nn.Module, waves: list[np.ndarray], batch: list[int], items: Sequence[Item], rate: int,
+def _embed_waves(model: Callable, waves: list[np.ndarray], batch: list[int], items: Sequence[Item], rate: int,
                  device: torch.device, trim_db: float | None, chunk_seconds: float | None,
                  batch_seconds: float, max_batch_size: int) -> np.ndarray:
     """Trim and chunk the loaded waves, run the segments in padded passes, average chunks per wave."""
@@ -192,7 +194,7 @@ def _name(item: Item, index: int) -> str:
 
 
 def embed_one(model: nn.Module, x: Item, sample_rate: int | None = None, *, trim_db: float | None = None,
-              chunk_seconds: float | None = None) -> np.ndarray:
+              chunk_seconds: float | None = None, backend: str = "auto") -> np.ndarray:
     """Embed one utterance (a path, or a 1-D/2-D array or tensor at ``sample_rate``); float32 (D,), unit norm.
 
     >>> from speakertrip.models import load_model
@@ -203,4 +205,4 @@ def embed_one(model: nn.Module, x: Item, sample_rate: int | None = None, *, trim
     if isinstance(x, (list, tuple)):
         raise ConfigError("embed_one takes one utterance; use embed_batch / embed_many for a list")
     return embed_many(model, [x], sample_rate=sample_rate, trim_db=trim_db, chunk_seconds=chunk_seconds,
-                      loader_threads=1)[0]
+                      loader_threads=1, backend=backend)[0]
