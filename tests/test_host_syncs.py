@@ -158,3 +158,45 @@ def test_training_step_on_gpu_has_no_host_syncs(data, tmp_path, amp):
     with HostSyncCounter() as counter:
         trainer.train_step(batch)
     assert counter.total == 0, counter.report()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_gpu_compiled_bf16_step_with_loader_workers_never_syncs(data, tmp_path):
+    """The trainer's real set-up (loader workers, pinned memory, compiled encoder, bf16): a whole ``train_step``,
+    its host-to-device copies included, under ``set_sync_debug_mode("error")``, where any sync raises."""
+    trainer = trainer_for(data, tmp_path, "ecapa", "multi_positive", device="cuda", **{
+        "data.workers": 2, "train.compile": True, "train.amp": "bf16"})
+    assert trainer.compiled and trainer.amp_dtype == torch.bfloat16
+    assert trainer.loader.num_workers == 2 and trainer.loader.pin_memory
+    batches = iter(trainer.loader)
+    for _ in range(2):  # compilation, and constants (resampling kernels) moved to the device once
+        trainer.train_step(next(batches))
+    batch = next(batches)
+    assert batch.waveforms.is_pinned() and batch.augment.noise.is_pinned()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer.train_step(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert trainer.step == 3 and torch.isfinite(trainer._window[-1]["loss"])
+
+
+@pytest.mark.parametrize("encoder", ["ecapa", "tdnn"])
+def test_the_embedding_layer_runs_in_float32_under_bf16_autocast(encoder):
+    """The encoders' final linear layer: float32 in and out under bf16 autocast (the embedding is not
+    rounded to bf16 before the loss), equal to the layer in float64 on the same input."""
+    from speakertrip.models.encoder import build_encoder
+
+    torch.manual_seed(0)
+    model = build_encoder(encoder, 24, ENCODERS[encoder]).eval()
+    final = model.fc if encoder == "ecapa" else model.blocks[-1]
+    seen = {}
+    final.register_forward_hook(lambda module, inputs, output: seen.update(x=inputs[0], y=output))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embeddings = model(torch.randn(3, 40, 24), torch.tensor([40, 30, 20]))
+    assert embeddings.dtype == seen["x"].dtype == seen["y"].dtype == torch.float32
+    with torch.no_grad():
+        reference = final.double()(seen["x"].double()).squeeze(2 if encoder == "ecapa" else 1)
+    torch.testing.assert_close(embeddings.detach().double(), reference, rtol=1e-5, atol=1e-6)

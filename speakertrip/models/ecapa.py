@@ -8,10 +8,10 @@ as it is, for fine-tuning with a triplet loss (:func:`speakertrip.models.load_sp
 from __future__ import annotations
 
 import torch
-from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
+from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, TDNNBlock
 
 from speakertrip.errors import ConfigError
-from speakertrip.models.encoder import ENCODERS, relative_lengths
+from speakertrip.models.encoder import ENCODERS, in_float32, relative_lengths
 
 
 class EcapaEncoder(ECAPA_TDNN):
@@ -36,7 +36,14 @@ class EcapaEncoder(ECAPA_TDNN):
         self.embedding_dim = embedding_dim
 
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return super().forward(features, relative_lengths(features, frame_lengths)).squeeze(1)
+        """SpeechBrain's forward, with the final linear layer (``fc``) in float32 under autocast."""
+        lengths = relative_lengths(features, frame_lengths)
+        x, outputs = features.transpose(1, 2), []
+        for layer in self.blocks:
+            x = layer(x) if isinstance(layer, TDNNBlock) else layer(x, lengths=lengths)
+            outputs.append(x)
+        pooled = self.asp_bn(self.asp(self.mfa(torch.cat(outputs[1:], dim=1)), lengths=lengths))
+        return in_float32(self.fc, pooled).squeeze(2)
 
 
 @ENCODERS.register("ecapa")

@@ -43,3 +43,10 @@ def relative_lengths(features: torch.Tensor, frame_lengths: torch.Tensor | None)
         return None
     frames = frame_lengths.to(device=features.device, dtype=torch.float32)
     return (frames - 0.5) / max(features.shape[1], 1)
+
+
+def in_float32(layer: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in float32 even under autocast (float64 stays float64): pooling statistics, and an encoder's
+    final embedding layer, so that the embedding is not rounded to bfloat16 before the loss."""
+    with torch.autocast(x.device.type, enabled=False):
+        return layer(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)

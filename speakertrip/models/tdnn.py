@@ -12,7 +12,7 @@ from speechbrain.lobes.models.Xvector import Xvector
 from speechbrain.nnet.pooling import StatisticsPooling
 from torch import nn
 
-from speakertrip.models.encoder import ENCODERS
+from speakertrip.models.encoder import ENCODERS, in_float32
 
 
 class MaskedStatisticsPooling(nn.Module):
@@ -31,8 +31,7 @@ class MaskedStatisticsPooling(nn.Module):
         frames = x.shape[1]
         if frame_lengths is None:
             frame_lengths = torch.full((x.shape[0],), frames, device=x.device)
-        with torch.autocast(x.device.type, enabled=False):
-            return self._pool(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, frame_lengths, frames)
+        return in_float32(lambda values: self._pool(values, frame_lengths, frames), x)
 
     def _pool(self, x: torch.Tensor, frame_lengths: torch.Tensor, frames: int) -> torch.Tensor:
         counts = frame_lengths.to(x.device).clamp(1, frames)
@@ -63,9 +62,9 @@ class TdnnEncoder(Xvector):
 
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> torch.Tensor:
         x = features
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, frame_lengths) if isinstance(block, MaskedStatisticsPooling) else block(x)
-        return x.squeeze(1)
+        return in_float32(self.blocks[-1], x).squeeze(1)  # the embedding layer in float32 under autocast
 
 
 @ENCODERS.register("tdnn")
