@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
           f"crops of {settings.crop_seconds} s, ECAPA C={settings.channels}; lists: "
           + ", ".join(f"{name} ({len(trials)} trials)" for name, (trials, _) in lists.items()), flush=True)
     scores: dict[str, dict[str, list[np.ndarray]]] = {list_name: {} for list_name in lists}
-    for name in args.losses:
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # seed by seed: an interrupted study has every loss at a seed or two
+        for name in args.losses:
             run = run_one(name, seed, settings, espeak, lists, args.out)
             for list_name in lists:
                 scores[list_name].setdefault(name, []).append(run[list_name])
