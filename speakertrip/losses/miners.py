@@ -132,16 +132,35 @@ class HardestKMiner(Miner):
 
 
 class SamplingMiner(Miner):
-    """Base of miners that draw one negative per positive pair from per-anchor weights."""
+    """Base of miners that draw one negative per positive pair from per-anchor weights.
+
+    With a ``seed`` the draws come from the miner's own generator, made on the batch's device at the first
+    draw; :meth:`generator_state` and :meth:`set_generator_state` carry it through a checkpoint, so that a
+    resumed run draws what the uninterrupted one would have.
+    """
 
     def __init__(self, seed: int | None = None):
         self.seed = seed
         self._generator: torch.Generator | None = None
+        self._restored: torch.Tensor | None = None
+
+    def generator_state(self) -> torch.Tensor | None:
+        """The seeded generator's state (a uint8 CPU tensor); None before the first draw or without a seed."""
+        if self._generator is None:
+            return self._restored
+        return self._generator.get_state()
+
+    def set_generator_state(self, state: torch.Tensor | None) -> None:
+        """Continue from ``state`` (from :meth:`generator_state`); applied when the generator is made."""
+        self._generator, self._restored = None, state
 
     def draw(self, weights: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """(M, B) bool: one column per row of ``weights[anchors]`` drawn with those weights."""
         if self.seed is not None and (self._generator is None or self._generator.device != weights.device):
             self._generator = torch.Generator(device=weights.device).manual_seed(self.seed)
+            if self._restored is not None:
+                self._generator.set_state(self._restored)
+                self._restored = None
         rows = weights[anchors]
         rows = torch.where(rows.sum(dim=1, keepdim=True) > 0, rows, 1.0)  # their pairs are already marked invalid
         chosen = torch.zeros(rows.shape, dtype=torch.bool, device=rows.device)
@@ -228,6 +247,12 @@ class AnchorSetMiner:
             sets = AnchorSets(positive, negative)
             sets.check(labels, type(self).__name__)
         return sets
+
+
+def sampling_miners(module: torch.nn.Module) -> list[SamplingMiner]:
+    """The seeded sampling miners held by ``module`` or its submodules (a loss, the training module), in order."""
+    return [value for child in module.modules() for value in vars(child).values()
+            if isinstance(value, SamplingMiner) and value.seed is not None]
 
 
 def build_miner(spec: str | Mapping | Miner, margin: float | None = None) -> Miner:

@@ -15,6 +15,7 @@ import torch
 
 from speakertrip.atomic import atomic_write
 from speakertrip.errors import FormatError, SpeakertripError
+from speakertrip.losses.miners import sampling_miners
 from speakertrip.models.artifact import check_finite, load_torch_data
 
 
@@ -49,22 +50,31 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+def rng_state(device: torch.device | None = None, module: torch.nn.Module | None = None) -> dict[str, Any]:
     """This process's generator states as uint8 tensors: torch's CPU generator and, when ``device`` is a
-    GPU, that GPU's (only this process's own device: another job may see fewer GPUs)."""
+    GPU, that GPU's (only this process's own device: another job may see fewer GPUs); with ``module``, the
+    own generators of its seeded sampling miners (``miner0``, ``miner1``, ... once they have drawn)."""
     state: dict[str, Any] = {"torch": torch.get_rng_state()}
     if device is not None and device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
+    for index, miner in enumerate(sampling_miners(module) if module is not None else []):
+        miner_state = miner.generator_state()
+        if miner_state is not None:
+            state[f"miner{index}"] = miner_state
     return state
 
 
-def restore_rng_state(state: Mapping[str, Any], device: torch.device | None = None) -> None:
-    """Restore what :func:`rng_state` saved; the GPU state goes to ``device`` (when it is a GPU).
+def restore_rng_state(state: Mapping[str, Any], device: torch.device | None = None,
+                      module: torch.nn.Module | None = None) -> None:
+    """Restore what :func:`rng_state` saved; the GPU state goes to ``device`` (when it is a GPU), the miners'
+    to the sampling miners of ``module`` (a miner without a saved state starts again from its seed).
 
     Checkpoints of earlier versions hold a list with every visible GPU's state: the entry of
     ``device``'s index is used when there is one, whatever the number of GPUs visible now.
     """
     torch.set_rng_state(state["torch"])
+    for index, miner in enumerate(sampling_miners(module) if module is not None else []):
+        miner.set_generator_state(state.get(f"miner{index}"))
     cuda = state.get("cuda")
     if cuda is None or device is None or device.type != "cuda":
         return

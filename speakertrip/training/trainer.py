@@ -199,7 +199,7 @@ class Trainer:
 
     def rng_states(self) -> list[dict[str, Any]]:
         """Every rank's generator states, in rank order (a collective: every rank calls it)."""
-        own = rng_state(self.device)
+        own = rng_state(self.device, self.module)  # the seeded miners' generators too
         if not self.dist.enabled:
             return [own]
         states: list[Any] = [None] * self.dist.world_size
@@ -224,7 +224,7 @@ class Trainer:
                               "or start a new run with model.init_from")
         ranks = checkpoint["rng"].get("ranks")
         if ranks is not None:  # every rank continues exactly
-            restore_rng_state(ranks[self.dist.rank], self.device)
+            restore_rng_state(ranks[self.dist.rank], self.device, self.module)
         elif self.dist.is_main:  # older checkpoints: rank 0's state only; other ranks get fresh streams
             restore_rng_state(checkpoint["rng"], self.device)
         else:
