@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--chunk-seconds", type=float, default=None, help="average embeddings of chunks of at "
                         "most this length for longer files (off by default)")
     parser.add_argument("--workers", type=int, default=4, help="threads reading audio ahead of the model")
+    parser.add_argument("--backend", default="auto", help="how embeddings are computed: auto (bfloat16 on CPUs that "
+                        "compute it natively and an ECAPA encoder, else float32), float32, bfloat16, int8, onnxruntime, "
+                        "eager (see the README's Speed section for each one's speed and tolerance)")
     parser.set_defaults(func=run)
 
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     total, count, audio = embed_corpus(model, args.data, args.out, batch_seconds=args.batch_seconds,
                                 max_batch_size=args.max_batch_size, num_threads=args.threads, trim_db=args.trim_db,
-                                chunk_seconds=args.chunk_seconds, loader_threads=args.workers, progress=rank == 0)
+                                chunk_seconds=args.chunk_seconds, loader_threads=args.workers, progress=rank == 0,
+                                backend=args.backend)
     elapsed = time.perf_counter() - started
     if rank == 0:
         share = f" (rank 0 of {world}: {count} utterances)" if world > 1 else ""

@@ -50,6 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--norm", choices=["asnorm"], default=None,
                         help="normalise scores with the store's cohort (needs --threshold)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    parser.add_argument("--backend", default="auto", help="how embeddings are computed: auto (bfloat16 on CPUs that "
+                        "compute it natively, else float32), float32, bfloat16, int8, onnxruntime, eager")
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     parser.set_defaults(func=run)
 
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or (max(1, (os.cpu_count() or 1) // args.workers) if args.workers > 1 else None)
     settings = ServiceSettings(
         model=str(args.model), store=str(args.store), device=args.device, threshold=args.threshold, norm=args.norm,
-        token_file=None if args.token_file is None else str(args.token_file), threads=threads,
+        token_file=None if args.token_file is None else str(args.token_file), threads=threads, backend=args.backend,
         max_audio_seconds=args.max_audio_seconds, min_audio_seconds=args.min_audio_seconds,
         max_request_audio_seconds=args.max_request_audio_seconds, max_parts=args.max_parts,
         max_upload_mb=args.max_upload_mb, batch_window_ms=args.batch_window_ms,
@@ -121,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(settings.model, settings.device)
     store = open_store(settings.store, model.identity, model.embedding_dim)  # a service may start empty
-    verifier = Verifier(model, store=store, threshold=settings.threshold, norm=settings.norm)  # the model check
+    verifier = Verifier(model, store=store, threshold=settings.threshold, norm=settings.norm,
+                        backend=settings.backend)  # the model check
     _announce(verifier.model.identity, verifier.threshold, len(verifier.store), settings, args.workers)
     verifier.store.close()
     os.environ[service_app.SETTINGS_VARIABLE] = settings.to_json()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Callable
@@ -134,7 +135,8 @@ class OnnxEncoder:
         self.frontend = model.frontend
         example = torch.randn(1, 200, model.feature_config.n_mels)
         buffer = io.BytesIO()
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on SpeechBrain's length masks: rows are unpadded here
             torch.onnx.export(model.encoder, (example,), buffer, input_names=["features"], output_names=["embedding"],
                               dynamic_axes={"features": {1: "frames"}}, opset_version=ONNX_OPSET, dynamo=False)
         options = onnxruntime.SessionOptions()

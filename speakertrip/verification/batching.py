@@ -51,10 +51,12 @@ class EmbeddingBatcher:
     streams : forward passes at once (``embed_many``'s ``streams``). One leaves the interpreter lock
         to the request threads while torch's intra-op threads still use every core; two streams of
         Python-level forward passes beside a web server measured slower on 2 cores
+    backend : how batches are computed (``embed_many``'s ``backend``; :mod:`speakertrip.models.backends`)
     """
 
-    def __init__(self, model: nn.Module, window: float = 0.005, max_batch_seconds: float = 60.0, streams: int = 1):
-        self.model, self.window, self.streams = model, window, streams
+    def __init__(self, model: nn.Module, window: float = 0.005, max_batch_seconds: float = 60.0, streams: int = 1,
+                 backend: str = "auto"):
+        self.model, self.window, self.streams, self.backend = model, window, streams, backend
         self.max_samples = int(max_batch_seconds * model.sample_rate)
         self.batches = self.jobs = 0  # counters: calls of embed_many, jobs served
         self._coming, self._lock, self._local = 0, threading.Lock(), threading.local()
@@ -129,7 +131,7 @@ class EmbeddingBatcher:
             self.batches += 1
             embeddings = embed_many(self.model, [wave for job in jobs for wave in job.waves],
                                     sample_rate=int(self.model.sample_rate), loader_threads=1,
-                                    streams=self.streams)
+                                    streams=self.streams, backend=self.backend)
         except Exception as error:  # noqa: BLE001 - a bad job must not fail the others: retry them alone
             if len(jobs) == 1:
                 jobs[0].future.set_exception(error)  # raised again by the caller's embed()

@@ -38,6 +38,7 @@ import torch
 from speakertrip.audio import check_sample_rate, prepare_waveform
 from speakertrip.errors import AudioError, ConfigError, KeyNotFoundError, SpeakertripError
 from speakertrip.models import load_model
+from speakertrip.models.backends import BACKENDS
 from speakertrip.verification.batching import EmbeddingBatcher
 from speakertrip.verification.enrolment_store import check_name
 from speakertrip.verification.stores import open_store
@@ -61,6 +62,7 @@ class ServiceSettings:
     norm: str | None = None
     token_file: str | None = None
     threads: int | None = None
+    backend: str = "auto"  # how embeddings are computed (speakertrip.models.backends)
     max_audio_seconds: float = 60.0
     min_audio_seconds: float = 0.5
     max_request_audio_seconds: float = 300.0
@@ -85,6 +87,8 @@ class ServiceSettings:
                 raise ConfigError(f"{low} {getattr(self, low)} is over {high} {getattr(self, high)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -155,7 +159,7 @@ class SpeakerService:
         self.model = load_model(settings.model, device=settings.device)
         self._local = threading.local()
         self.store = open_store(settings.store, self.model.identity, self.model.embedding_dim)
-        self.batcher = EmbeddingBatcher(self.model, window=settings.batch_window_ms / 1000)
+        self.batcher = EmbeddingBatcher(self.model, window=settings.batch_window_ms / 1000, backend=settings.backend)
         try:
             self.threshold = self.verifier().threshold  # checks the store's model and the threshold now
         except BaseException:
@@ -167,7 +171,7 @@ class SpeakerService:
         verifier = getattr(self._local, "verifier", None)
         if verifier is None:
             verifier = _BatchedVerifier(self.model, self.store, threshold=self.settings.threshold,
-                                        norm=self.settings.norm)
+                                        norm=self.settings.norm, backend=self.settings.backend)
             verifier.batcher = self.batcher
             self._local.verifier = verifier
         return verifier

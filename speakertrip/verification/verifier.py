@@ -30,6 +30,7 @@ from speakertrip.errors import ConfigError
 from speakertrip.evaluation.dev_calibration import DevCalibration
 from speakertrip.evaluation.score_summary import check_rate
 from speakertrip.models import embed_many, load_model
+from speakertrip.models.backends import resolve_backend
 from speakertrip.models.batched import item_duration
 from speakertrip.scoring.enrolment import check_scoring, speaker_scores
 from speakertrip.scoring.norm import apply_norm, cohort_stats, resolve_top_n
@@ -114,6 +115,8 @@ class Verifier:
     cohort_top_n : AS-norm uses the ``cohort_top_n`` highest cohort scores of each side
     scoring : how a speaker's several enrolment utterances are compared with a test
         (:data:`speakertrip.scoring.enrolment.ENROLMENT_SCORINGS`: centroid, mean, max, top3)
+    backend : how utterances are embedded (:mod:`speakertrip.models.backends`: auto, float32, bfloat16, int8,
+        onnxruntime, eager); auto is bfloat16 on CPUs that compute it natively, else float32
 
     >>> import tempfile
     >>> from speakertrip.testing import make_voxceleb_tree, tiny_model_artifact
@@ -129,7 +132,8 @@ class Verifier:
 
     def __init__(self, model: Any, store: str | Path | EnrolmentStore = "speakers.db",
                  threshold: float | None = None, norm: str | None = None, cohort_top_n: int = 300,
-                 far: float | None = None, frr: float | None = None, scoring: str = DEFAULT_SCORING):
+                 far: float | None = None, frr: float | None = None, scoring: str = DEFAULT_SCORING,
+                 backend: str = "auto"):
         if isinstance(model, (str, Path)):
             model = load_model(model)
         if norm not in NORMS:
@@ -142,6 +146,8 @@ class Verifier:
         if cohort_top_n < 1:
             raise ConfigError(f"cohort_top_n must be >= 1, got {cohort_top_n}")
         self.model, self.norm, self.cohort_top_n = model, norm, cohort_top_n
+        resolve_backend(model, backend)  # an unknown backend, or one this model cannot use, fails now
+        self.backend = backend
         self._location, self._missing = store, None
         try:
             self._store: EnrolmentStore | None = open_store(store, model.identity, model.embedding_dim, create=False)
@@ -258,7 +264,7 @@ class Verifier:
         return self._embed([utterance], sample_rate)[0], item_duration(utterance, sample_rate)
 
     def _embed(self, items: Sequence[Any], sample_rate: int | None) -> np.ndarray:
-        return embed_many(self.model, items, sample_rate=sample_rate, progress=len(items) > 20)
+        return embed_many(self.model, items, sample_rate=sample_rate, progress=len(items) > 20, backend=self.backend)
 
     def _asnorm(self, scores: np.ndarray, enrolled: np.ndarray, test: np.ndarray) -> np.ndarray:
         """Adaptive s-norm (:mod:`speakertrip.scoring.norm`) of ``scores`` (S,) between centroids (S, D)
