@@ -64,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"a subset of: {', '.join(LOSSES)}")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
     parser.add_argument("--quick", action="store_true", help="the demo's quick corpus and a few steps (tests)")
+    parser.add_argument("--finished-only", action="store_true", help="train nothing: the tables of the runs "
+                        "already finished in OUT (an interrupted study)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.bootstrap < 2:
         parser.error("need --seeds >= 1 and --bootstrap >= 2")
@@ -101,8 +103,10 @@ def trial_lists(args: argparse.Namespace, espeak: Any) -> dict[str, tuple[Any, d
     return lists
 
 
-def run_one(name: str, seed: int, settings: Any, data: Any, lists: dict, out: Path) -> dict[str, np.ndarray]:
-    """Train one loss with one seed (unless its scores are saved) → each list's scores (N,)."""
+def run_one(name: str, seed: int, settings: Any, data: Any, lists: dict, out: Path,
+            train_missing: bool = True) -> dict[str, np.ndarray] | None:
+    """Train one loss with one seed (unless its scores are saved) → each list's scores (N,); None when not
+    saved and not ``train_missing``."""
     from speakertrip.data.embedding_store import EmbeddingStore
     from speakertrip.demo import training_config
     from speakertrip.models import load_model
@@ -115,6 +119,8 @@ def run_one(name: str, seed: int, settings: Any, data: Any, lists: dict, out: Pa
         with np.load(saved) as scores:
             if set(scores.files) == set(lists):
                 return {key: scores[key] for key in scores.files}
+    if not train_missing:
+        return None
     started = time.perf_counter()
     config = training_config(settings, data, run_dir / "exp", seed, loss=LOSSES[name], validate=False)
     config.train.progress = False
@@ -126,6 +132,7 @@ def run_one(name: str, seed: int, settings: Any, data: Any, lists: dict, out: Pa
         store = EmbeddingStore(keys, model.embed_batch([paths[key] for key in keys]))
         scores[list_name] = score_trials(trials, store)
     np.savez(saved, **scores)
+    (run_dir / "seconds.txt").write_text(f"{time.perf_counter() - started:.1f}\n")
     print(f"  {name}, seed {seed}: trained in {trained:.0f} s, embedded and scored in "
           f"{time.perf_counter() - started - trained:.0f} s", flush=True)
     return scores
@@ -204,7 +211,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
     args = parse_args(argv)
     from speakertrip.demo import FULL, QUICK, prepare_data
 
-    started = time.perf_counter()
     demo = QUICK if args.quick else FULL
     settings = dataclasses.replace(demo, steps=args.steps)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -216,14 +222,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
     scores: dict[str, dict[str, list[np.ndarray]]] = {list_name: {} for list_name in lists}
     for seed in range(args.seeds):  # seed by seed: an interrupted study has every loss at a seed or two
         for name in args.losses:
-            run = run_one(name, seed, settings, espeak, lists, args.out)
-            for list_name in lists:
+            run = run_one(name, seed, settings, espeak, lists, args.out, train_missing=not args.finished_only)
+            for list_name in lists if run else ():
                 scores[list_name].setdefault(name, []).append(run[list_name])
     results = {list_name: summarise(scores[list_name], lists[list_name][0], args.bootstrap) for list_name in lists}
-    minutes = (time.perf_counter() - started) / 60
-    header = (f"{len(args.losses)} losses × {args.seeds} seeds, {settings.steps} steps, "
+    minutes = sum(float(path.read_text()) for path in (args.out / "runs").rglob("seconds.txt")) / 60
+    seeds = sorted({len(runs) for runs in scores[next(iter(lists))].values()})
+    header = (f"{len(scores[next(iter(lists))])} losses × {'/'.join(map(str, seeds))} seeds, {settings.steps} steps, "
               f"{settings.p}×{settings.k} batches, ECAPA C={settings.channels}; {args.bootstrap} bootstrap "
-              f"replicates; {minutes:.0f} min")
+              f"replicates; {minutes:.0f} min of training and scoring")
     table = markdown(results, header)
     (args.out / "study.md").write_text(table)
     (args.out / "study.json").write_text(json.dumps({"settings": dataclasses.asdict(settings), "seeds": args.seeds,

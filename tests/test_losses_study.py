@@ -110,3 +110,5 @@ def test_quick_study_runs_end_to_end_and_resumes(tmp_path):
     stamps = [path.stat().st_mtime_ns for path in runs]
     assert len(runs) == 4 and study_losses.main(argv) == results  # the second run reads the saved scores
     assert [path.stat().st_mtime_ns for path in runs] == stamps
+    partial = study_losses.main([*argv, "--seeds", "3", "--finished-only"])  # seed 2 never ran: left out
+    assert partial == results
