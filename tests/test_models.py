@@ -26,8 +26,8 @@ def small_model(name: str = "ecapa", n_mels: int = 24, **evaluation) -> Embeddin
 
 
 def test_registry_names_and_errors():
-    assert ENCODERS.names() == ["ecapa", "tdnn"]
-    with pytest.raises(ConfigError, match=r"unknown encoder 'resnet'; valid names: ecapa, tdnn"):
+    assert ENCODERS.names() == ["ecapa", "ge2e", "tdnn"]
+    with pytest.raises(ConfigError, match=r"unknown encoder 'resnet'; valid names: ecapa, ge2e, tdnn"):
         build_encoder("resnet", 40)
     with pytest.raises(ConfigError, match=r"encoder .ecapa.: unknown option .chanels.; valid options: channels, "):
         build_encoder("ecapa", 40, {"chanels": 64})
@@ -122,7 +122,7 @@ def test_load_model_errors(tmp_path):
     config = yaml.safe_load((directory / "config.yaml").read_text())
     config["encoder"]["name"] = "resnet"
     (directory / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(FormatError, match=r"config.yaml: unknown encoder 'resnet'; valid names: ecapa, tdnn"):
+    with pytest.raises(FormatError, match=r"config.yaml: unknown encoder 'resnet'; valid names: ecapa, ge2e, tdnn"):
         load_model(directory)
     config["encoder"] = {"name": "tdnn", "options": SMALL["tdnn"] | {"embedding_dim": 16}}
     (directory / "config.yaml").write_text(yaml.safe_dump(config))
