@@ -97,8 +97,9 @@ class AugmentPlan(NamedTuple):
     labels : (B,) int64, after speed relabelling
     speed_order : (B,) int64, the rows grouped by speed factor (in ``speed_factors`` order)
     speed_counts : rows per speed factor (host ints; empty without speed perturbation)
-    noise : (S, T) int16 or float32, every noise, music and babble-voice crop of the batch
-    noise_rows : (S,) int64, the row each crop is added to (a babble row has several)
+    noise : (S, T) int16 or float32, every noise and music crop of the batch and each babble row's voices
+        already summed (:func:`mix_voices`, in the worker: one row each, not 3 to 7)
+    noise_rows : (S,) int64, the row each crop is added to
     snr_db : (B,) float32, the SNR of each row with additive noise (0 elsewhere)
     noisy : (B,) bool, rows with additive noise
     rirs : (R, L) float32, unit-energy impulse responses, zero-padded
@@ -208,8 +209,8 @@ class Augmenter:
                 continue
             for row in rows:
                 crops = self._noise(rng, kind, total)
-                noise += crops
-                noise_rows += [row] * len(crops)
+                noise.append(mix_voices(crops) if kind == "babble" else crops[0])
+                noise_rows.append(row)
             low, high = getattr(self.config, f"{kind}_snr")
             snr[rows] = rng.uniform(low, high, len(rows))
         if len({crop.dtype for crop in noise}) > 1:  # int16 and float files mixed: all float
@@ -318,6 +319,21 @@ def _sinc_resampler(source_rate: int, target_rate: int) -> tuple[torch.Tensor, i
     common = math.gcd(source_rate, target_rate)
     resampler = torchaudio.transforms.Resample(source_rate // common, target_rate // common)
     return resampler.kernel, resampler.width, source_rate // common, target_rate // common
+
+
+def mix_voices(voices: Sequence[np.ndarray]) -> np.ndarray:
+    """Babble: the voices (V, T) int16 or float, each scaled to unit RMS and summed, as one int16 row peaking at
+    half of full scale. Only the voices' relative levels matter: the row is scaled to its SNR on the device.
+
+    >>> mix_voices([np.array([1000, -1000], np.int16), np.array([500, 500], np.int16)]).tolist()
+    [16384, 0]
+    """
+    mixed = np.zeros(len(voices[0]), np.float64)
+    for voice in voices:
+        voice = to_float(voice).astype(np.float64)
+        mixed += voice / max(np.sqrt(np.mean(voice ** 2)), 1e-5)
+    peak = np.abs(mixed).max()
+    return np.round(mixed * (16384 / peak)).astype(np.int16) if peak > 0 else np.zeros(len(mixed), np.int16)
 
 
 def pad_rirs(rirs: Sequence[torch.Tensor]) -> torch.Tensor:
