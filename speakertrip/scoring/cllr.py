@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.isotonic import isotonic_regression
 
 from speakertrip.scoring.metrics import eer_from_points
 from speakertrip.scoring.operating_points import OperatingPoints, ScoreGroups, check_trials
@@ -21,11 +20,23 @@ def pav_blocks(groups: ScoreGroups) -> ScoreGroups:
     """Merge distinct-score groups into PAV blocks, whose target fraction rises strictly.
 
     Returns a ScoreGroups with one entry per block: ``values`` the lowest score of the block,
-    ``targets`` and ``nontargets`` its counts.
+    ``targets`` and ``nontargets`` its counts. Pool-adjacent-violators with a stack of blocks, the
+    fractions compared exactly in integers (t1 / n1 >= t2 / n2 as t1 n2 >= t2 n1); what
+    scikit-learn's weighted ``isotonic_regression`` fits, without importing scikit-learn and SciPy
+    (about 0.9 s of every ``speakertrip score``).
     """
-    sizes = groups.targets + groups.nontargets
-    fitted = isotonic_regression(groups.targets / sizes, sample_weight=sizes.astype(np.float64), increasing=True)
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(fitted) != 0) + 1))
+    block_targets: list[int] = []
+    block_sizes: list[int] = []
+    block_starts: list[int] = []
+    sizes = (groups.targets + groups.nontargets).tolist()
+    for start, (targets, size) in enumerate(zip(groups.targets.tolist(), sizes)):
+        while block_targets and block_targets[-1] * size >= targets * block_sizes[-1]:  # not rising: pool
+            targets, size = targets + block_targets.pop(), size + block_sizes.pop()
+            start = block_starts.pop()
+        block_targets.append(targets)
+        block_sizes.append(size)
+        block_starts.append(start)
+    starts = np.array(block_starts, dtype=np.int64)
     return ScoreGroups(groups.values[starts], np.add.reduceat(groups.targets, starts),
                        np.add.reduceat(groups.nontargets, starts))
 
