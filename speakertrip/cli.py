@@ -21,7 +21,7 @@ COMMANDS: tuple[str, ...] = (
     "convert",
     "import_model",
     "train", "finetune", "average",
-    "embed", "verifier", "serve", "export",
+    "embed", "verifier", "store", "serve", "export",
     "demo",
 )
 

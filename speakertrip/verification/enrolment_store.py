@@ -252,6 +252,14 @@ class EnrolmentStore(abc.ABC):
     def all_utterances(self) -> Iterator[tuple[str, list[str], np.ndarray]]:
         """Every speaker (by name) with its sources and utterance embeddings (N, D): what a copy moves."""
 
+    def build_index(self, m: int = 16, ef_construction: int = 64, memory: str = "2GB") -> float:
+        """Build the backend's search index over the centroids; returns the seconds it took.
+
+        A backend without one (SQLite: one matrix product over every centroid) raises ConfigError.
+        """
+        raise ConfigError(f"{self.location}: a {self.backend} store searches every centroid exactly; it has no "
+                          "index to build (PostgreSQL stores do)")
+
     def cohort_sources(self) -> list[str]:
         """The cohort's sources, in the order of :meth:`cohort`."""
         return self._read_cohort_sources()

@@ -40,6 +40,7 @@ SCHEMA_VERSION = "1"
 SCHEMES = ("postgresql://", "postgres://")
 INDEX_NAME = "speakers_centroid_hnsw"
 BULK = 64  # entries from which one enrolment goes through COPY
+RECONNECT_S = 5.0  # the pool retries a lost server for this long, then afresh at the next request
 OPTIONS = {"schema": str, "ef_search": int, "exact_below": int, "pool_size": int}
 Method = TypeVar("Method", bound=Callable[..., Any])
 
@@ -94,7 +95,8 @@ class PostgresStore(EnrolmentStore):
     ----------
     url : ``postgresql://`` or ``postgres://`` URL (see the module docstring for its options)
     model_identity, embedding_dim, create : as :class:`~speakertrip.verification.sqlite_store.SqliteStore`
-    timeout : seconds to wait for a connection (connecting, or the pool's when all are busy)
+    timeout : seconds a call waits for a connection (the server down or restarting, or every pooled
+        connection busy) before StoreUnavailableError
     ef_search : HNSW candidate list size of a search (recall against speed); at least top_k + 16 is used
     exact_below : scan exactly (no index) while the store holds fewer speakers than this
     pool_size : connections at most in this process's pool
@@ -104,7 +106,7 @@ class PostgresStore(EnrolmentStore):
     backend = "postgresql"
 
     def __init__(self, url: str, model_identity: str | None = None, embedding_dim: int | None = None,
-                 create: bool = True, timeout: float = 30.0, ef_search: int | None = None,
+                 create: bool = True, timeout: float = 10.0, ef_search: int | None = None,
                  exact_below: int | None = None, pool_size: int | None = None, schema: str | None = None):
         super().__init__()
         try:
@@ -127,7 +129,7 @@ class PostgresStore(EnrolmentStore):
         self._plan: tuple[float, bool] = (-1.0, False)
         self._plan_lock = threading.Lock()
         self._vector_oid = 0
-        kwargs = {"autocommit": True, "connect_timeout": max(2, int(timeout))}
+        kwargs = {"autocommit": True, "connect_timeout": max(2, int(min(timeout, 5)))}
         try:
             with psycopg.connect(conninfo, **kwargs) as conn:
                 self._open(conn, model_identity, embedding_dim, create)
@@ -135,7 +137,8 @@ class PostgresStore(EnrolmentStore):
             raise self._store_error(error, connecting=True) from None
         self._pool = psycopg_pool.ConnectionPool(
             conninfo, kwargs=kwargs, min_size=1, max_size=self.pool_size, open=False, configure=self._configure,
-            check=psycopg_pool.ConnectionPool.check_connection, timeout=timeout, name="speakertrip-store")
+            check=psycopg_pool.ConnectionPool.check_connection, timeout=timeout, name="speakertrip-store",
+            reconnect_timeout=RECONNECT_S)
         self._pool.open(wait=False)
 
     # ---- opening ------------------------------------------------------------------------------
