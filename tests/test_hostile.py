@@ -191,7 +191,8 @@ def test_store_conditions_map_to_their_status():
 
 
 def test_a_damaged_store_is_503_with_a_json_error_and_no_path(model, tmp_path):
-    """Item 6: one corrupted page of the speakers table: 503 with a JSON error, not a 500."""
+    """Item 6: one corrupted page of the speakers table: /health no longer says "ok, 17 speakers", and every
+    route answers 503 with a JSON error, not a 500."""
     from fastapi.testclient import TestClient
 
     from speakertrip.verification import Verifier
@@ -210,7 +211,7 @@ def test_a_damaged_store_is_503_with_a_json_error_and_no_path(model, tmp_path):
     app = create_app(ServiceSettings(model=str(model), store=str(store)))
     with TestClient(app, base_url="http://127.0.0.1") as http:
         clip = audio(("t.wav", wav_bytes(1, 1.0)))
-        for response in (http.get("/speakers"), http.post("/identify", files=clip)):
+        for response in (http.get("/health"), http.get("/speakers"), http.post("/identify", files=clip)):
             assert response.status_code == 503, response.text
             assert "not a readable enrolment store" in response.json()["error"] and str(store) not in response.text
 
@@ -311,6 +312,7 @@ def test_finetune_leaves_out_silent_and_short_files_and_says_so(speakers, tmp_pa
     assert all(u.duration >= 0.5 for u in kept)
 
 
+@pytest.mark.slow
 def test_finetune_errors_are_one_line_and_about_finetune(model, speakers, tmp_path, capsys):
     """Items 7 and 10: --out a file; a bad file's error offers no --skip-bad that finetune lacks; --resume with
     another --model or --data is refused instead of silently ignored."""

@@ -9,9 +9,12 @@ listening, and runs uvicorn with the connection limits of :mod:`speakertrip.veri
 from __future__ import annotations
 
 import argparse
+import inspect
 import ipaddress
 import os
 from pathlib import Path
+
+WORKER_STARTUP_SECONDS = 300  # a worker imports torch and loads the model before it answers uvicorn's health check
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -128,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     _announce(verifier.model.identity, verifier.threshold, len(verifier.store), settings, args.workers)
     verifier.store.close()
     os.environ[service_app.SETTINGS_VARIABLE] = settings.to_json()
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:  # uvicorn >= 0.49
+        options["timeout_worker_healthcheck"] = WORKER_STARTUP_SECONDS  # its 5 s default restarts busy workers
     uvicorn.run("speakertrip.verification.app:app_from_environment", factory=True, workers=args.workers, **options)
     return 0
 
