@@ -72,6 +72,7 @@ def free_port():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_two_ranks_give_the_loss_and_gradients_of_one_process(tmp_path):
     mp.spawn(run_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]

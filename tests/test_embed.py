@@ -74,6 +74,7 @@ def test_resamples_other_rates(model, tree):
                                reference(model, prepare_waveform(wave8k, 8000, 16000)), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_trimming_inside_extraction(model):
     speech = speech_like(4, 1.0)
     padded = np.concatenate([np.full(8000, 1e-5, np.float32), speech, np.full(12000, -1e-5, np.float32)])
@@ -132,6 +133,7 @@ def _gather_on_rank(rank: int, world: int, port: int) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_rank_shards_gather_back_in_item_order():
     """The one shard choice (items[rank::world]) and merge order, everywhere (validation) or on rank 0 alone
     (embed_corpus), over three gloo ranks."""

@@ -60,6 +60,7 @@ def check_consistent(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("after", [1, 25, 80])
+@pytest.mark.slow
 def test_sigkill_during_enrolment_leaves_the_store_before_or_after(tmp_path, after):
     path = tmp_path / "s.db"
     process = run_python(ENROL_FOREVER, str(path))
@@ -95,6 +96,7 @@ REMOVE_AND_ENROL = """
 """
 
 
+@pytest.mark.slow
 def test_enrol_and_remove_of_one_speaker_from_two_processes(tmp_path):
     path = tmp_path / "s.db"
     with open_store(path, model_identity="m", embedding_dim=DIM) as store:

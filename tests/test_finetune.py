@@ -29,6 +29,7 @@ def corpus(tmp_path_factory):
     return tree / "wav", tiny_model_artifact(root / "model")  # the folder whose subfolders are the speakers
 
 
+@pytest.mark.slow
 def test_finetune_end_to_end_and_resume(corpus, tmp_path, capsys):
     data, model = corpus
     out = tmp_path / "ft"
@@ -142,6 +143,7 @@ def test_source_statistics_are_those_of_the_source_crops(corpus, tmp_path):
         finetune(model, data, tmp_path / "refused", FinetuneConfig(source_statistics=True))
 
 
+@pytest.mark.slow
 def test_freeze_statistics_keeps_every_batchnorm_statistic(corpus, tmp_path):
     """--freeze-statistics: BatchNorm in inference mode while fine-tuning; statistics unchanged, weights trained."""
     from speakertrip.training.batchnorm import batch_norms

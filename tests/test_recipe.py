@@ -113,6 +113,7 @@ def kill_when_checkpointed(process: subprocess.Popen, checkpoint: Path) -> None:
     process.wait()
 
 
+@pytest.mark.slow
 def test_voxceleb_run_killed_resumed_then_skipped(voxceleb, tmp_path, environment):
     args = ["--vox1", str(voxceleb["vox1"]), "--vox2", str(voxceleb["vox2"]), *TINY,
             "--data.batches_per_epoch=8", "--train.checkpoint_every=1"]  # 16 steps, a checkpoint at each
@@ -163,6 +164,7 @@ def test_voxceleb_run_killed_resumed_then_skipped(voxceleb, tmp_path, environmen
     assert other.returncode == 2 and "holds a finished run made by other settings" in other.stderr
 
 
+@pytest.mark.slow
 def test_cnceleb_run_every_stage_both_enrolment_protocols(tmp_path, environment):
     cnceleb1 = make_cnceleb_tree(tmp_path / "CN-Celeb_flac", num_speakers=6, eval_speakers=2, duration=(0.8, 1.5))
     cnceleb2 = make_cnceleb2_tree(tmp_path / "CN-Celeb2_flac", num_speakers=3, duration=(0.8, 1.5))

@@ -88,6 +88,7 @@ def torchrun(config: Path, *extra: str) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_ddp_resume_restores_every_ranks_generators(data, tmp_path):
     """Two gloo ranks with dropout and SpecAugment: stopping after epoch 1 and resuming ends on the weights of
     an uninterrupted run only if rank 1's generators continue too (DDP averages both ranks' gradients)."""

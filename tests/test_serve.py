@@ -19,6 +19,7 @@ from speakertrip.testing import speech_like, tiny_model_artifact, write_bad_audi
 from speakertrip.verification import Verifier  # noqa: E402
 
 TOKEN = "test-token-0123456789abcdef"
+pytestmark = pytest.mark.slow  # a real server in worker processes, started and stopped
 
 
 @pytest.fixture(scope="module")

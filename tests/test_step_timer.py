@@ -49,6 +49,7 @@ def run(data, exp_dir) -> list[dict]:
             if json.loads(line)["kind"] == "step"]
 
 
+@pytest.mark.slow
 def test_a_slow_loader_is_data_wait(data, tmp_path, monkeypatch, capsys, one_thread):
     from speakertrip.data.datasets import TrainingBatches
 

@@ -110,6 +110,7 @@ def _run_cli(arguments: list[str], **options) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **options)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_reaches_the_same_weights(data, tmp_path):
     # dropout, SpecAugment (torch RNG) and noise augmentation (numpy RNG) all have to resume exactly
     # 40 steps: enough that the watcher below kills the run mid-way even when steps are fast
@@ -213,6 +214,7 @@ def test_activity_watch_warns_once_after_patience():
                                                   (80, 0.0)]] == [False, False, False, False, True, False]
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(data, tmp_path):
     config = save_config(load_config(None, overrides(data, tmp_path / "ddp", **{"loss.p": 2, "train.epochs": 1})),
                          tmp_path / "ddp.yaml")

@@ -12,6 +12,8 @@ from speakertrip.training.checkpoint import load_checkpoint
 from speakertrip.training.config import load_config
 from speakertrip.training.trainer import train
 
+pytestmark = pytest.mark.slow  # compiles graphs (inductor: C++ code generation)
+
 ENCODERS = {"ecapa": {"channels": 16, "attention_channels": 8, "se_channels": 8, "embedding_dim": 16},
             "tdnn": {"channels": 16, "stats_channels": 32, "embedding_dim": 16}}
 

@@ -103,6 +103,7 @@ def test_embed_folder_and_manifest(setup, capsys, tmp_path):
         read_items(tmp_path / "empty")
 
 
+@pytest.mark.slow
 def test_embed_sharded_over_torchrun_ranks(setup, tmp_path):
     base, wav, files = setup
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

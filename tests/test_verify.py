@@ -162,6 +162,7 @@ def _enrol_in_process(artifact, store, speaker, paths):
     Verifier(str(artifact), store=store).enroll(speaker, paths)
 
 
+@pytest.mark.slow
 def test_processes_enrolling_at_once_persist_everything(artifact, model, files, embeddings, tmp_path):
     store = tmp_path / "s.db"
     context = multiprocessing.get_context("spawn")
