@@ -200,3 +200,33 @@ def test_the_embedding_layer_runs_in_float32_under_bf16_autocast(encoder):
     with torch.no_grad():
         reference = final.double()(seen["x"].double()).squeeze(2 if encoder == "ecapa" else 1)
     torch.testing.assert_close(embeddings.detach().double(), reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_loop_reads_the_device_only_to_log_and_to_checkpoint(data, tmp_path, one_thread):
+    """Through ``Trainer.run()``: every training step has no host sync; the ones a run makes come from logging
+    (one read per window) and from checkpoints, whose finiteness check (``models/artifact.py``'s
+    ``check_finite``) reads one flag per model tensor: about 150 for a small model, once per checkpoint,
+    which a count over a window that holds an epoch's end sees as if it were the step's."""
+    trainer = trainer_for(data, tmp_path, "tdnn", "multi_positive", **{
+        "train.steps": 4, "train.log_every": 2, "train.average_last": 1})
+    step_counts, save_events = [], []
+    train_step, save = trainer.train_step, trainer.save
+
+    def counted_step(batch, paths=()):
+        with HostSyncCounter() as counter:
+            train_step(batch, paths)
+        step_counts.append(counter.total)
+
+    def counted_save(name="last.pt"):
+        with HostSyncCounter(stack=True) as counter:
+            save(name)
+        save_events.extend(where for _, where in counter.events)
+
+    trainer.train_step, trainer.save = counted_step, counted_save
+    trainer.run()
+    assert step_counts == [0, 0, 0, 0]
+    assert save_events and all("training/checkpoint.py" in where and "models/artifact.py" in where
+                               for where in save_events)
+    floats = sum(value.is_floating_point() for value in trainer.module.state_dict().values())
+    assert len(save_events) == floats * 2  # two checkpoints (the epoch's end, the run's end), one read a tensor
