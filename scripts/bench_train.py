@@ -32,6 +32,7 @@ import shutil
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -213,7 +214,9 @@ def _corpus(folder: Path, p: int, k: int, crop_seconds: float, audio_format: str
     if not manifest.is_file():
         tree = make_voxceleb_tree(folder / "vox", num_speakers=max(2 * p, 8), sessions=2, utterances_per_session=k,
                                   duration=(crop_seconds + 1, crop_seconds + 3), trial_list=False)
-        manifest = Path(prepare_voxceleb(tree, folder / "data", progress=False)["utts"])
+        with warnings.catch_warnings():  # no trial list: only the manifest of every utterance is wanted
+            warnings.simplefilter("ignore", UserWarning)
+            manifest = Path(prepare_voxceleb(tree, folder / "data", progress=False)["utts"])
     if audio_format == "wav":
         return manifest
     converted = []

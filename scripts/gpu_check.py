@@ -65,7 +65,7 @@ NEEDS: dict[str, tuple[str, str]] = {
     "contourpy": ("contourpy", "1.3.3"), "cycler": ("cycler", "0.12.1"), "dateutil": ("python-dateutil", "4.0.0"),
     "fontTools": ("fonttools", "4.68.0"), "kiwisolver": ("kiwisolver", "1.5.1"), "PIL": ("pillow", "13.0.0"),
     "pyparsing": ("pyparsing", "3.3.3"), "pytest": ("pytest", "9.2.0"), "pluggy": ("pluggy", "1.7.0"),
-    "iniconfig": ("iniconfig", "2.3.1"), "pytest_timeout": ("pytest-timeout", "2.4.0"),
+    "iniconfig": ("iniconfig", "2.3.1"), "pygments": ("Pygments", "2.21.0"), "pytest_timeout": ("pytest-timeout", "2.4.0"),
 }
 MINIMUM_SECONDS = 5  # a section with less time left than this is skipped
 TARGETS = {"ecapa512_loop_utt_per_s": 8000, "data_fraction": 0.05, "ecapa1024_utt_per_s": 4000}
