@@ -227,6 +227,15 @@ def test_sigterm_finishes_requests_in_flight_and_a_restart_keeps_every_speaker(s
         stopper.join(60)
     assert reply.startswith(b"HTTP/1.1 200") and b'"utterances":1' in reply
     assert server.process.returncode in (0, -15)
+    # issue 30 item 2: every connection closed, the write-ahead log folded into the file and removed, so a
+    # copy of the file alone (or a reader that cannot see the log) has every change
+    assert not any(server.store.parent.glob(f"{server.store.name}-wal"))
+    from speakertrip.verification.sqlite_store import SqliteStore
+
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(server.store.read_bytes())
+    with SqliteStore(copy) as copied:
+        assert {s.name for s in copied.speakers()} == {*before, "late"}
     with Server("--model", model, "--store", server.store, log=tmp_path / "log") as again:
         listed = httpx.get(f"{again.url}/speakers", headers={"Authorization": f"Bearer {TOKEN}"})
         assert listed.status_code == 200  # no token file this time: nothing asks for one
