@@ -85,6 +85,11 @@ class LocalPostgres:
 
     def stop(self) -> None:
         """Stop the server at once (its data is deleted: no shutdown checkpoint is worth waiting for)."""
+        postmaster = self._server.get_postmaster_info().process
         self.crash()
+        try:
+            postmaster.wait(30)  # gone before the cleanup looks, which would otherwise try to stop it again
+        except Exception:  # noqa: BLE001 - already reaped, or psutil cannot wait on it: the cleanup kills it
+            pass
         self._server.cleanup()
 
