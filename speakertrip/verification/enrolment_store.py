@@ -331,6 +331,10 @@ class EnrolmentStore(abc.ABC):
         return KeyNotFoundError(f"speaker {name!r} is not enrolled in {self.location} "
                                 f"({len(names)} speaker{'s' if len(names) != 1 else ''} enrolled){hint}")
 
+    def _matrix(self, blobs: list[bytes]) -> np.ndarray:
+        """Stored float32 embedding bytes → (N, D)."""
+        return np.frombuffer(b"".join(blobs), FLOAT).reshape(len(blobs), self.embedding_dim).copy()
+
     def _check_embeddings(self, embeddings: np.ndarray, what: str) -> np.ndarray:
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:

@@ -465,9 +465,6 @@ class PostgresStore(EnrolmentStore):
                 "search": f"hnsw (ef_search={self.ef_search}, exact below {self.exact_below} speakers)" if index
                 else "exact scan (no index: speakertrip store index)"}
 
-    def _matrix(self, blobs: list[bytes]) -> np.ndarray:
-        return np.frombuffer(b"".join(blobs), FLOAT).reshape(len(blobs), self.embedding_dim).copy()
-
     def close(self) -> None:
         pool = getattr(self, "_pool", None)
         if pool is not None:

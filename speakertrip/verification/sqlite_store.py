@@ -318,9 +318,6 @@ class SqliteStore(EnrolmentStore):
                 "speakers": self._db.execute("SELECT COUNT(*) FROM speakers").fetchone()[0],
                 "read_only": self.read_only}
 
-    def _matrix(self, blobs: list[bytes]) -> np.ndarray:
-        return np.frombuffer(b"".join(blobs), FLOAT).reshape(len(blobs), self.embedding_dim).copy()
-
     def close(self) -> None:
         """Close every thread's connection, folding the write-ahead log into the file first (a later
         reader that cannot see the log, e.g. in a read-only copy, then still sees every change)."""
