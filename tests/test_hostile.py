@@ -309,7 +309,7 @@ def test_finetune_leaves_out_silent_and_short_files_and_says_so(speakers, tmp_pa
     assert "--test-speakers" not in message
     kept = read_manifest(paths["train"]) + read_manifest(paths["dev"])
     assert len(kept) == 18 and "id10006" not in {u.spk_id for u in kept}
-    assert all(u.duration >= 0.5 for u in kept)
+    assert all(u.duration >= 0.25 for u in kept)
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ SOURCE_PREFIX = "source:"  # speaker and utterance ids of mixed-in source-domain
 OPTIONS_SOURCE = "fine-tuning options"  # where a bad option's error says it came from
 SUMMARY_FILE = "finetune.json"
 SOURCES_FILE = "sources.json"  # in <out>/data: the --model, --data and --dev a run was started with
-MIN_SECONDS = 0.5  # shorter files are left out of fine-tuning, with a warning
+MIN_SECONDS = 0.25  # shorter files are left out of fine-tuning, with a warning (a 0.1 s file is mostly padding)
 
 
 @dataclass
