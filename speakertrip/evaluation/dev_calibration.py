@@ -10,6 +10,14 @@ metrics (the EER threshold among them) that :mod:`speakertrip.evaluation.recordi
       linear: {scale: 9.1, offset: -5.2}
       quality: {scale: ..., offset: ..., scale_per_log_second: ..., ...}   # when durations were known
       scores: {targets: {count, ranks, scores}, nontargets: {count, ranks, scores}}
+      operating_points:        # when the speakers of the dev trials are known (evaluation.confidence)
+        speakers: 72
+        target_speakers: 72
+        speaker_pairs: 2556
+        resamples: 1000
+        confidence: 0.95
+        points: [{kind: far, rate: 0.01, threshold, errors, error_speakers, error_pairs,
+                  threshold_interval: [low, high], rate_interval: [low, high]}, ...]
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from speakertrip.errors import FormatError
+from speakertrip.evaluation.confidence import OperatingPointConfidence, doubt
 from speakertrip.evaluation.score_summary import OperatingPointSummary
 from speakertrip.scoring.calibration import Calibration, QualityCalibration, fit_calibration, fit_quality_calibration
 
@@ -27,7 +36,7 @@ if TYPE_CHECKING:
     from speakertrip.evaluation.dev_scores import DevScores
 
 KEY = "calibration"
-FIELDS = {"trials", "prior", "linear", "quality", "scores"}
+FIELDS = {"trials", "prior", "linear", "quality", "scores", "operating_points"}
 LEGACY_FIELDS = {"eer", "eer_threshold"}  # recorded here too before the dev metrics were kept in one place
 
 
@@ -40,11 +49,13 @@ class DevCalibration:
     scores: OperatingPointSummary
     trials: int
     prior: float
+    confidence: OperatingPointConfidence | None = None
 
     @classmethod
     def fit(cls, dev: DevScores, prior: float = 0.5) -> DevCalibration:
         """Fit on checked dev scores (raw cosines); the duration-aware calibration too when ``dev`` has the
-        seconds of speech of each side.
+        seconds of speech of each side, the speakers behind the operating points and their speaker-level
+        bootstrap intervals (:mod:`speakertrip.evaluation.confidence`) when it has the speaker of each side.
 
         >>> from speakertrip.evaluation.dev_scores import DevScores
         >>> rng = np.random.default_rng(0)
@@ -57,9 +68,17 @@ class DevCalibration:
         quality = None
         if dev.has_durations:
             quality = fit_quality_calibration(dev.scores, dev.labels, dev.enroll_seconds, dev.test_seconds, prior)
-        return cls(fit_calibration(dev.scores, dev.labels, prior), quality,
-                   OperatingPointSummary.from_classes(dev.scores[dev.labels], dev.scores[~dev.labels]),
-                   len(dev.scores), prior)
+        summary = OperatingPointSummary.from_classes(dev.scores[dev.labels], dev.scores[~dev.labels])
+        confidence = None
+        if dev.has_speakers:
+            confidence = OperatingPointConfidence.from_trials(dev.scores, dev.labels, dev.enroll_speakers,
+                                                              dev.test_speakers, summary)
+        return cls(fit_calibration(dev.scores, dev.labels, prior), quality, summary, len(dev.scores), prior,
+                   confidence)
+
+    def doubt(self, kind: str, rate: float) -> str | None:
+        """Why the threshold for ``kind`` ("far" or "frr") ``= rate`` is not sure, in one line (None: it is)."""
+        return doubt(self.scores, self.confidence, kind, rate)
 
     def llr(self, scores: np.ndarray, enroll_seconds: Any = None, test_seconds: Any = None) -> np.ndarray:
         """LLRs (N,) of raw ``scores`` (N,): duration-aware when this has it and both durations are given."""
@@ -72,23 +91,27 @@ class DevCalibration:
         if self.quality is not None:
             data["quality"] = self.quality.to_dict()
         data["scores"] = self.scores.to_dict()
+        if self.confidence is not None:
+            data["operating_points"] = self.confidence.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: Any, source: object = None) -> DevCalibration:
         if not isinstance(data, Mapping) or not {"trials", "prior", "linear", "scores"} <= set(data) <= \
                 FIELDS | LEGACY_FIELDS:
-            raise FormatError(f"evaluation.calibration must hold {', '.join(sorted(FIELDS))} ('quality' optional)",
+            raise FormatError(f"evaluation.calibration must hold {', '.join(sorted(FIELDS))} ('quality' and "
+                              "'operating_points' optional)",
                               source)
         numbers = [data[name] for name in ("trials", "prior")]
         if not all(isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
                    for value in numbers):
             raise FormatError("evaluation.calibration: trials and prior must be numbers", source)
-        quality = data.get("quality")
+        quality, confidence = data.get("quality"), data.get("operating_points")
         return cls(Calibration.from_dict(data["linear"], source),
                    None if quality is None else QualityCalibration.from_dict(quality, source),
                    OperatingPointSummary.from_dict(data["scores"], source), int(data["trials"]),
-                   float(data["prior"]))
+                   float(data["prior"]),
+                   None if confidence is None else OperatingPointConfidence.from_dict(confidence, source))
 
     @classmethod
     def of_model(cls, evaluation: Mapping[str, Any], source: object = None) -> DevCalibration | None:

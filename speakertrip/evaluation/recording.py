@@ -29,12 +29,14 @@ from speakertrip.data.manifest import Utterance
 from speakertrip.errors import ConfigError
 from speakertrip.evaluation.dev_calibration import KEY as CALIBRATION_KEY
 from speakertrip.evaluation.dev_calibration import DevCalibration
-from speakertrip.evaluation.dev_scores import DevScores, dev_scores, score_dev_trials
+from speakertrip.evaluation.dev_scores import (MAX_GENERATED_TRIALS, DevScores, dev_scores, generate_trials,
+                                               score_dev_trials)
 from speakertrip.models.artifact import CONFIG_FILE, TORCH_WEIGHTS_FILE, WEIGHTS_FILE
 from speakertrip.models.loading import load_artifact
 from speakertrip.scoring.metrics import eer_from_points, min_dcf_from_points
 
 P_TARGETS = (0.01, 0.05)
+GENERATED_TRIALS = "calibration_trials.txt"  # written beside a calibrated copy when no trial list is given
 
 
 def dev_metrics(dev: DevScores) -> dict[str, Any]:
@@ -102,16 +104,25 @@ def check_new_folder(out: Path, model_dir: Path) -> None:
                           "merged into an existing one)")
 
 
-def calibrate_model(model_dir: str | Path, trials: str | Path, out: str | Path, data: str | Path | None = None,
+def calibrate_model(model_dir: str | Path, trials: str | Path | None, out: str | Path, data: str | Path | None = None,
                     embeddings: str | Path | None = None, prior: float = 0.5, device: str = "cpu",
-                    progress: bool = False) -> DevEvaluation:
+                    progress: bool = False, max_trials: int | None = MAX_GENERATED_TRIALS,
+                    seed: int = 0) -> DevEvaluation:
     """Evaluate and calibrate the artifact ``model_dir`` on ``trials`` and write a calibrated copy to ``out``.
 
     Same weights and frontend (so the same identity); the other files of ``model_dir`` are copied along;
-    only ``evaluation`` changes. Returns what was recorded.
+    only ``evaluation`` changes. Returns what was recorded. Without ``trials``, a list is generated over the
+    labelled ``data`` (:func:`~speakertrip.evaluation.dev_scores.generate_trials`, at most ``max_trials``,
+    drawn with ``seed``) and written beside the copy as ``out/calibration_trials.txt``.
     """
     model_dir, out = Path(model_dir), Path(out)
     check_new_folder(out, model_dir)
+    if trials is None:
+        if data is None:
+            raise ConfigError("without --trials, calibrate generates a trial list from a labelled --data folder "
+                              "or manifest; give --data DIR (or --trials T)")
+        out.mkdir(parents=True, exist_ok=True)
+        trials = generate_trials(data, out / GENERATED_TRIALS, max_trials, seed)
     model = load_artifact(model_dir, device)
     result = evaluate_dev(dev_scores(model, trials, data, embeddings, progress), trials, prior)
     model.evaluation = {**model.evaluation, **result.to_dict()}

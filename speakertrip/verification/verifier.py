@@ -7,7 +7,9 @@ The decision is ``score >= threshold`` at an operating point chosen by one of:
 - ``threshold=``: a cosine threshold;
 - ``far=`` / ``frr=``: the threshold that falsely accepts (rejects) that fraction of the dev
   non-targets (targets) summarised in the model artifact (``speakertrip calibrate --model``);
-- nothing: the dev EER threshold recorded in the artifact.
+- nothing: the dev EER threshold recorded in the artifact;
+
+and with ``adapt=True`` the dev operating point is moved into the domain of the enrolled speakers.
 
 When the artifact records a calibration, every result also carries the log-likelihood ratio of its
 cosine (duration-aware when the artifact has that calibration; the enrolment store keeps no
@@ -20,6 +22,7 @@ so an explicit threshold is then required. An example runs in :mod:`speakertrip.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from speakertrip.errors import ConfigError
+from speakertrip.evaluation.confidence import OperatingPointWarning
 from speakertrip.evaluation.dev_calibration import DevCalibration
 from speakertrip.evaluation.score_summary import check_rate
 from speakertrip.models import embed_many, load_model
@@ -34,6 +38,7 @@ from speakertrip.models.backends import resolve_backend
 from speakertrip.models.batched import item_duration
 from speakertrip.scoring.enrolment import check_scoring, speaker_scores
 from speakertrip.scoring.norm import apply_norm, cohort_stats, resolve_top_n
+from speakertrip.verification.adaptation import MIN_ABOVE, ScoreAdaptation, impostor_scores
 from speakertrip.verification.enrolment_store import EnrolmentStore, StoreNotFoundError, check_name
 from speakertrip.verification.stores import open_store
 
@@ -70,7 +75,7 @@ def _as_list(utterances: Any) -> list:
 
 
 def _operating_point(model: Any, calibration: DevCalibration | None, threshold: Any, far: Any, frr: Any,
-                     norm: str | None) -> tuple[float, str]:
+                     norm: str | None, adapt: bool = False) -> tuple[float, str]:
     """The decision threshold and how it was chosen (``"threshold"``, ``"far=0.01"``, ``"frr=0.05"``, ``"eer"``)."""
     given = [name for name, value in (("threshold", threshold), ("far", far), ("frr", frr)) if value is not None]
     if len(given) > 1:
@@ -91,6 +96,9 @@ def _operating_point(model: Any, calibration: DevCalibration | None, threshold: 
                               "--out M2`, or pass threshold=")
         chosen = calibration.scores.threshold_for_far(rate) if name == "far" else \
             calibration.scores.threshold_for_frr(rate)
+        doubt = None if adapt else calibration.doubt(name, rate)
+        if doubt is not None:
+            warnings.warn(doubt, OperatingPointWarning, stacklevel=3)
         return chosen, f"{name}={rate:g}"
     if model.threshold is None:
         raise ConfigError("the model artifact records no calibrated threshold (train with a dev trial list "
@@ -117,6 +125,14 @@ class Verifier:
         (:data:`speakertrip.scoring.enrolment.ENROLMENT_SCORINGS`: centroid, mean, max, top3)
     backend : how utterances are embedded (:mod:`speakertrip.models.backends`: auto, float32, bfloat16, int8,
         onnxruntime, eager); auto is bfloat16 on CPUs that compute it natively, else float32
+    adapt : move the dev operating point (far, frr or the EER) into the domain of the store's speakers,
+        without labels: the enrolled speakers against each other and the cohort are in-domain impostors
+        (:mod:`speakertrip.verification.adaptation`); LLRs follow. Computed when the Verifier is made, from
+        what the store holds then.
+
+    An operating point the artifact's dev trials cannot vouch for (too few dev errors at that rate, or a wide
+    speaker-bootstrap interval: :mod:`speakertrip.evaluation.confidence`) gives an ``OperatingPointWarning``
+    saying what to do.
 
     >>> import tempfile
     >>> from speakertrip.testing import make_voxceleb_tree, tiny_model_artifact
@@ -133,7 +149,7 @@ class Verifier:
     def __init__(self, model: Any, store: str | Path | EnrolmentStore = "speakers.db",
                  threshold: float | None = None, norm: str | None = None, cohort_top_n: int = 300,
                  far: float | None = None, frr: float | None = None, scoring: str = DEFAULT_SCORING,
-                 backend: str = "auto"):
+                 backend: str = "auto", adapt: bool = False):
         if isinstance(model, (str, Path)):
             model = load_model(model)
         if norm not in NORMS:
@@ -142,7 +158,8 @@ class Verifier:
         if norm is not None and scoring != "centroid":
             raise ConfigError(f"norm={norm!r} normalises centroid scores; it cannot be combined with scoring={scoring!r}")
         self.calibration = DevCalibration.of_model(model.evaluation, "the model's evaluation")
-        self.threshold, self.operating_point = _operating_point(model, self.calibration, threshold, far, frr, norm)
+        self.threshold, self.operating_point = _operating_point(model, self.calibration, threshold, far, frr, norm,
+                                                                adapt)
         if cohort_top_n < 1:
             raise ConfigError(f"cohort_top_n must be >= 1, got {cohort_top_n}")
         self.model, self.norm, self.cohort_top_n = model, norm, cohort_top_n
@@ -153,6 +170,25 @@ class Verifier:
             self._store: EnrolmentStore | None = open_store(store, model.identity, model.embedding_dim, create=False)
         except StoreNotFoundError as error:  # enrolment creates it
             self._store, self._missing = None, str(error)
+        self.adaptation = self._adapt(far or frr) if adapt else None
+
+    def _adapt(self, rate: float | None) -> ScoreAdaptation:
+        """The map of this store's scores onto the dev scale; the threshold moves into the domain."""
+        if self.operating_point == "threshold" or self.norm is not None or self.calibration is None:
+            raise ConfigError("adapt=True moves the model's dev operating points (far=, frr= or the EER threshold) "
+                              "into the domain of the enrolled speakers: it needs a calibrated model (speakertrip "
+                              "calibrate --model) and neither threshold= nor norm=")
+        impostors = impostor_scores(self.store, self.scoring)
+        adaptation = ScoreAdaptation.fit(impostors.scores, self.calibration.scores.nontargets)
+        self.threshold = adaptation.to_domain(self.threshold)
+        self.operating_point += " adapted"
+        if rate is not None and rate * len(impostors.scores) < MIN_ABOVE and self.operating_point.startswith("far"):
+            warnings.warn(f"{self.operating_point}: {rate * len(impostors.scores):.3g} of the {len(impostors.scores)} "
+                          f"in-domain impostor scores ({impostors.speakers} enrolled speakers, {impostors.cohort} "
+                          f"cohort utterances) are expected above it, fewer than {MIN_ABOVE}: its threshold is "
+                          "extrapolated; enrol more speakers or add a cohort (Verifier.enroll_cohort)",
+                          OperatingPointWarning, stacklevel=3)
+        return adaptation
 
     @property
     def store(self) -> EnrolmentStore:
@@ -171,7 +207,12 @@ class Verifier:
         """``(far, frr)`` of the decision threshold on the artifact's dev trials, or None without calibration."""
         if self.calibration is None or self.norm is not None:
             return None
-        return self.calibration.scores.far(self.threshold), self.calibration.scores.frr(self.threshold)
+        threshold = self._dev_scale(self.threshold)
+        return self.calibration.scores.far(threshold), self.calibration.scores.frr(threshold)
+
+    def _dev_scale(self, cosine: float) -> float:
+        """A cosine on the scale of the dev trials: mapped when adapted."""
+        return cosine if self.adaptation is None else float(self.adaptation.to_dev(np.array([cosine]))[0])
 
     # ---- enrolment --------------------------------------------------------------------------
     def enroll(self, name: str, utterances: Any, replace: bool = False, sample_rate: int | None = None) -> int:
@@ -257,7 +298,7 @@ class Verifier:
     def _llr(self, cosine: float, test_seconds: float) -> float | None:
         if self.calibration is None:
             return None
-        return float(self.calibration.llr(np.array([cosine]), test_seconds, test_seconds)[0])
+        return float(self.calibration.llr(np.array([self._dev_scale(cosine)]), test_seconds, test_seconds)[0])
 
     def _embed_test(self, utterance: Any, sample_rate: int | None) -> tuple[np.ndarray, float]:
         """The test embedding (D,) and its seconds of audio."""
