@@ -46,6 +46,7 @@ def test_onnx_matches_torch_for_several_lengths(tmp_path, encoder, options):
         np.testing.assert_allclose(found, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_torchscript_and_cli_export(tmp_path, capsys):
     model = tiny_model(features=FeatureConfig.speechbrain(n_mels=24))
     model.save(tmp_path / "model")

@@ -65,6 +65,7 @@ def _dev_eer(model, out) -> float:
     return validate(model, read_manifest(out / "data" / "dev.jsonl"), out / "data" / "dev_trials.txt")["eer"]
 
 
+@pytest.mark.slow
 def test_finetune_stops_on_dev_eer_and_mixes_source(corpus, tmp_path):
     data, model = corpus
     source = make_voxceleb_tree(tmp_path / "source", num_speakers=3, seed=7, duration=(0.6, 1.0), trial_list=False)
@@ -108,6 +109,7 @@ def test_freeze_layers_and_bad_options(corpus, tmp_path):
                  "--out", str(tmp_path / "y")]) == 2
 
 
+@pytest.mark.slow
 def test_source_statistics_are_those_of_the_source_crops(corpus, tmp_path):
     """--source-statistics: the saved model is the averaged snapshots with BatchNorm statistics re-estimated on
     crops of the source manifest (recomputed here), weights untouched; every snapshot holds the statistics
@@ -163,6 +165,7 @@ def test_freeze_statistics_keeps_every_batchnorm_statistic(corpus, tmp_path):
     assert not torch.equal(batch_norms(initial)[0].running_mean, batch_norms(moved)[0].running_mean)
 
 
+@pytest.mark.slow
 def test_interpolation_is_a_weight_space_ensemble_with_the_initial_model(corpus, tmp_path, capsys):
     """--interpolation A: the saved weights are initial + A x (averaged snapshots - initial), recomputed here
     pair by pair; BatchNorm statistics (frozen) are the initial model's; the dev EER is the interpolated model's."""

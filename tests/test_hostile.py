@@ -295,6 +295,7 @@ def speakers(tmp_path):
     return wav
 
 
+@pytest.mark.slow
 def test_finetune_leaves_out_silent_and_short_files_and_says_so(speakers, tmp_path):
     """Item 10: silent files, a 0.1 s file and an all-silent speaker were trained on without a word."""
     from speakertrip.data.manifest import read_manifest

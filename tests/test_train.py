@@ -56,7 +56,7 @@ def read_records(exp: Path) -> list[dict]:
     return [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("encoder", ["ecapa", "tdnn"])
+@pytest.mark.parametrize("encoder", [pytest.param("ecapa", marks=pytest.mark.slow), "tdnn"])
 def test_smoke_run_and_averaged_artifact(data, tmp_path, encoder):
     exp = train(load_config(None, overrides(data, tmp_path / "exp", encoder)))
     assert sorted(p.name for p in exp.iterdir()) == ["checkpoints", "config.yaml", "curves.png", "metrics.jsonl",
