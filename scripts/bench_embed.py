@@ -28,6 +28,7 @@ identification at scale.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -87,7 +88,7 @@ def speechbrain_encode_loop(peer, paths: list[Path], threads: int) -> np.ndarray
 
 
 # the documented max |difference| of each backend's unit embeddings from float32's (models/backends.py)
-TOLERANCE = {"float32": 1e-5, "bfloat16": 3e-3, "int8": 3e-2, "onnxruntime": 1e-5, "eager": 1e-5, "peer": 1e-4}
+TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2, "int8": 3e-2, "onnxruntime": 1e-5, "eager": 1e-5, "peer": 1e-4}
 
 
 def bench_extraction(count: int, threads: int, round_size: int) -> None:
@@ -128,14 +129,15 @@ def bench_extraction(count: int, threads: int, round_size: int) -> None:
         audio = sum(sf.info(p).duration for p in paths)
         for _, run in systems.values():  # warm-up: allocators, lazy imports, the inference copies, the export
             run(paths[:2])
-        seconds = dict.fromkeys(systems, 0.0)
+        seconds, cpu = dict.fromkeys(systems, 0.0), dict.fromkeys(systems, 0.0)
         outputs = {name: [] for name in systems}
         for start in tqdm(range(0, count, round_size), desc="rounds", unit="round"):
             chunk = paths[start: start + round_size]
             for name, (_, run) in systems.items():
-                began = time.perf_counter()
+                began, began_cpu = time.perf_counter(), time.process_time()
                 outputs[name].append(run(chunk))
                 seconds[name] += time.perf_counter() - began
+                cpu[name] += time.process_time() - began_cpu
     embeddings = {name: np.concatenate(parts) for name, parts in outputs.items()}
     ours_name, *_ = systems
     ours_s = seconds[ours_name]
@@ -144,21 +146,26 @@ def bench_extraction(count: int, threads: int, round_size: int) -> None:
     peers = [name for name in systems if name.startswith("SpeechBrain")]
     best_peer = min(peers, key=seconds.get)
     print(f"\nextraction: {count} utterances, {audio:.0f} s of audio, ECAPA-512, CPU, {threads} threads "
-          f"({torch.__version__}; rounds of {round_size} files, systems interleaved)")
-    print(f"{'system':<56} {'wall (s)':>9} {'RTF':>8} {'utt/s':>7} {'vs best SB':>10} {'max |diff|':>11} "
-          f"{'tolerance':>9}")
+          f"({torch.__version__}; rounds of {round_size} files, systems interleaved; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    print(f"{'system':<56} {'wall (s)':>9} {'RTF':>8} {'utt/s':>7} {'vs best SB':>10} {'CPU (s)':>8} {'CPU RTF':>8} "
+          f"{'max |diff|':>11} {'tolerance':>9}")
     agree = True
     for name, (backend, _) in systems.items():
         error = float(np.abs(embeddings[name] - exact).max())
         tolerance = TOLERANCE[auto if backend == "auto" else backend]
         agree &= error <= tolerance
         print(f"{name:<56} {seconds[name]:>9.1f} {seconds[name] / audio:>8.4f} {count / seconds[name]:>7.1f} "
-              f"{seconds[best_peer] / seconds[name]:>9.2f}x {error:>11.1e} {tolerance:>9.0e}"
+              f"{seconds[best_peer] / seconds[name]:>9.2f}x {cpu[name]:>8.1f} {cpu[name] / audio:>8.4f} "
+              f"{error:>11.1e} {tolerance:>9.0e}"
               + ("" if error <= tolerance else "  OVER"))
     print(f"speed-up of auto ({auto}) vs the fastest SpeechBrain loop ({best_peer.split('(')[-1][:-1]}): "
           f"{seconds[best_peer] / ours_s:.2f}x (target 3x: {'met' if seconds[best_peer] / ours_s >= 3 else 'MISSED'}); "
           f"vs SpeechBrain at {threads} threads: {seconds[peers[0]] / ours_s:.2f}x; vs our path before the "
           f"inference copy: {seconds[[n for n, (b, _) in systems.items() if b == 'eager'][0]] / ours_s:.2f}x")
+    print(f"CPU time per second of audio, auto vs SpeechBrain at 1 thread: "
+          f"{cpu[peers[-1]] / cpu[ours_name]:.2f}x fewer CPU seconds (on a loaded machine the wall ratio mostly "
+          "measures the scheduler; the CPU ratio times the cores ours keeps busy bounds it on a quiet one)")
     print(f"embeddings {'agree with float32 within each tolerance' if agree else 'DISAGREE'} (max |difference| "
           "of unit embeddings; SpeechBrain's within 1e-4)")
 
