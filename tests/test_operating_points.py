@@ -205,7 +205,7 @@ def test_impostor_scores_match_a_loop(tmp_path):
         impostor_scores(empty)
 
 
-def test_verifier_adapts_its_operating_point_to_the_store(tmp_path):
+def test_verifier_adapts_its_operating_point_to_the_store(tmp_path, capsys):
     model = calibrated(tmp_path, 40, 8)
     root = make_voxceleb_tree(tmp_path / "vox", num_speakers=6, sessions=1, utterances_per_session=4,
                               duration=(0.5, 1.0), trial_list=False)
@@ -226,3 +226,9 @@ def test_verifier_adapts_its_operating_point_to_the_store(tmp_path):
                                        rel=1e-6)
     with pytest.raises(ConfigError, match="adapt=True moves the model's dev operating points"):
         Verifier(model, store=store, threshold=0.3, adapt=True)
+    # the command line: speakertrip verify --far 0.01 --adapt
+    with pytest.warns(OperatingPointWarning):
+        status = cli(["verify", "--model", str(tmp_path / "model_40"), "--store", str(store), "--far", "0.01",
+                      "--adapt", name, str(test)])
+    assert status == (0 if result.accepted else 1)
+    assert f"score={result.score:.4f}" in capsys.readouterr().out

@@ -46,11 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     enroll.set_defaults(func=run_enroll)
     verify = subparsers.add_parser("verify", help="does FILE belong to NAME? exit 0 accepted, 1 rejected, 2 error")
     _common(verify)
+    _adapt(verify)
     verify.add_argument("name", metavar="NAME")
     verify.add_argument("file", type=Path, metavar="FILE")
     verify.set_defaults(func=run_verify)
     identify = subparsers.add_parser("identify", help="who speaks in FILE? ranked enrolled speakers")
     _common(identify)
+    _adapt(identify)
     identify.add_argument("file", type=Path, metavar="FILE")
     identify.add_argument("--top-k", type=int, default=5, help="candidates to show (default 5)")
     identify.add_argument("--all", action="store_true", help="also show candidates below the threshold")
@@ -60,12 +62,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     speakers.set_defaults(func=run_speakers)
 
 
+def _adapt(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapt", action="store_true",
+                        help="move the dev operating point into the domain of the store's speakers, without labels "
+                             "(their scores against each other and the cohort are in-domain impostors)")
+
+
 def _verifier(args: argparse.Namespace):
     from speakertrip.models import load_model
     from speakertrip.verification.verifier import Verifier
 
     return Verifier(load_model(args.model, device=args.device), store=args.store, threshold=args.threshold,
-                    far=args.far, frr=args.frr, norm=args.norm,
+                    far=args.far, frr=args.frr, norm=args.norm, adapt=getattr(args, "adapt", False),
                     **({"scoring": args.scoring} if args.scoring else {}))
 
 
