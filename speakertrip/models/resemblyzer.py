@@ -9,6 +9,9 @@ of a GE2E encoder trained on VoxCeleb 1 and 2 and LibriSpeech inside its wheel (
 Resemblyzer's volume normalisation; long silences are not cut (Resemblyzer's ``preprocess_wav``
 trims them with webrtcvad; ``trim_db`` of ``embed_batch`` trims the ends).
 
+Reading the 17 MB of weights takes seconds, so the tests skip the example; ``tests/test_ge2e.py`` holds the
+model to Resemblyzer's own embeddings:
+
 >>> import speakertrip as st
 >>> model = st.load_model("resemblyzer")                          # doctest: +SKIP
 >>> model.encoder_name, model.embedding_dim                       # doctest: +SKIP

@@ -2,6 +2,8 @@
 (a dev dependency) ships the server, so nothing is installed or started by hand. Fresh databases, a
 read-only role, a password role, and a crash to restart from.
 
+Starting a server takes seconds, so the tests skip the example (``tests/test_postgres_store.py`` starts one):
+
 >>> server = LocalPostgres(Path(tempfile.mkdtemp()))                         # doctest: +SKIP
 >>> store = open_store(server.url(server.new_database()), "model-id", 192)  # doctest: +SKIP
 """
