@@ -12,7 +12,7 @@ enrolment stores.
 >>> root = make_voxceleb_tree(tempfile.mkdtemp(), num_speakers=4)
 >>> result = calibrate_model(tiny_model_artifact(), root / "veri_test2.txt", root / "model_cal", data=root / "wav")
 >>> result.metrics["trials"], result.calibration.scores.nontargets.count > 0
-(40, True)
+(28, True)
 """
 
 from __future__ import annotations
