@@ -7,7 +7,8 @@ through ``torchaudio.functional.resample`` (what speakertrip used before) and
 relative RMS difference (the answers must agree within 0.5 %; measured below 0.2 %), the time of each (median of ``--repeats``,
 the filter built on every call as a request does) and their ratio, and how far an embedding moves: the
 cosine distance between the two paths' embeddings under a fixed randomly initialised ECAPA
-(``speakertrip.testing.tiny_model``), next to the distance between two of the signals (other speakers).
+(``speakertrip.testing.tiny_model``) or the trained ``--model``, next to the distance between two of the
+signals (other speakers).
 
 Co-prime rates (44101, 8001) are timed for speakertrip only unless ``--coprime-peer`` is given:
 torchaudio then builds a table of about 16000 x rate values (44101 Hz: about 100 s on 2 cores).
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import speakertrip as st
 from speakertrip.audio import load_audio, resample
 from speakertrip.audio.io import resampling_ratio
 from speakertrip.testing import speech_like, tiny_model
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--corpus", help="a VoxCeleb-layout folder of 16 kHz real voices (e.g. realvoices_dev's wav/)")
     parser.add_argument("--coprime-peer", action="store_true", help="also time torchaudio on co-prime rates")
+    parser.add_argument("--model", help="a trained model for the embedding distances (default: a random tiny ECAPA)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -68,7 +71,7 @@ def main() -> None:
     import torchaudio.functional
 
     signals = sources(args)
-    model = tiny_model(seed=0).eval()
+    model = st.load_model(args.model) if args.model else tiny_model(seed=0).eval()
     embed = lambda wave: model.embed(wave, sample_rate=16000)  # noqa: E731
     apart = [1 - float(embed(a) @ embed(b)) for a, b in zip(signals[::2], signals[1::2])]
     print(f"{len(signals)} signals of {args.seconds:g} s ({'real voices, one per speaker' if args.corpus else 'speech-like'}"
