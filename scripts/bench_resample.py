@@ -4,11 +4,11 @@ For each source rate, the same signals (speech-like, ``--seconds`` long, or ``--
 taken to that rate with soxr's very-high-quality resampler so that neither side is favoured) go to 16 kHz
 through ``torchaudio.functional.resample`` (what speakertrip used before) and
 ``speakertrip.audio.resample``. Printed per rate: the reduced ratio, the largest sample difference and the
-relative RMS difference (the answers must agree within 0.5 %; measured below 0.2 %), the time of each (median of ``--repeats``,
-the filter built on every call as a request does) and their ratio, and how far an embedding moves: the
-cosine distance between the two paths' embeddings under a fixed randomly initialised ECAPA
-(``speakertrip.testing.tiny_model``) or the trained ``--model``, next to the distance between two of the
-signals (other speakers).
+relative RMS difference (the answers must agree within 0.5 %; measured below 0.2 %), the time of each
+(median of ``--repeats``, the filter built on every call as a request does) and their ratio, and how far
+an embedding moves: the cosine distance between the two paths' embeddings under a fixed randomly
+initialised ECAPA (``speakertrip.testing.tiny_model``) or the trained ``--model``, next to the distance
+between two of the signals (other speakers).
 
 Co-prime rates (44101, 8001) are timed for speakertrip only unless ``--coprime-peer`` is given:
 torchaudio then builds a table of about 16000 x rate values (44101 Hz: about 100 s on 2 cores).
@@ -74,8 +74,8 @@ def main() -> None:
     model = st.load_model(args.model) if args.model else tiny_model(seed=0).eval()
     embed = lambda wave: model.embed(wave, sample_rate=16000)  # noqa: E731
     apart = [1 - float(embed(a) @ embed(b)) for a, b in zip(signals[::2], signals[1::2])]
-    print(f"{len(signals)} signals of {args.seconds:g} s ({'real voices, one per speaker' if args.corpus else 'speech-like'}"
-          f"), {args.threads} thread(s); cosine distance between the embeddings of two of them (other speakers): "
+    kind = "real voices, one per speaker" if args.corpus else "speech-like"
+    print(f"{len(signals)} signals of {args.seconds:g} s ({kind}), {args.threads} thread(s); cosine distance between the embeddings of two of them (other speakers): "
           f"median {np.median(apart):.4f}")
     print(f"{'rate':>6} {'up/down':>11} {'max |diff|':>10} {'rel RMS':>8} {'torchaudio':>11} {'speakertrip':>11} "
           f"{'ratio':>6} {'emb dist':>9}")

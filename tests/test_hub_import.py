@@ -345,7 +345,8 @@ def test_hostile_hyperparams_are_refused_quickly(tmp_path, payload, message):
     hparams = (folder / "hyperparams.yaml").read_text()
     if "!ref" in payload or "bomb" in payload:  # an argument of the encoder, which the importer resolves
         key = "bomb" if "bomb" in payload else "n"
-        hparams = hparams.replace("    in_channels: !ref <n_mels>", f"    in_channels: !ref <n_mels>\n    extra: !ref <{key}>")
+        hparams = hparams.replace("    in_channels: !ref <n_mels>",
+                                  f"    in_channels: !ref <n_mels>\n    extra: !ref <{key}>")
     (folder / "hyperparams.yaml").write_text(hparams.replace("# ####", payload + "# ####", 1))
     with pytest.raises(FormatError, match=message):  # before the fix: minutes and gigabytes
         import_speechbrain(folder)

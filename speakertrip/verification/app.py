@@ -75,10 +75,12 @@ class Guard:
     """ASGI middleware, before any route runs: one of each security header, the ``Host`` of a tokenless
     service, the ``Origin`` of writes, the bearer token (constant-time compare) and the upload limit."""
 
-    def __init__(self, app: ASGIApp, token: str | None, max_body_bytes: int, allowed_hosts: frozenset[str] = frozenset()):
+    def __init__(self, app: ASGIApp, token: str | None, max_body_bytes: int,
+                 allowed_hosts: frozenset[str] = frozenset()):
         self.app, self.max_body_bytes = app, max_body_bytes
         self.token = None if token is None else f"Bearer {token}".encode()
-        self.allowed_hosts = None if token is not None else LOOPBACK_NAMES | {h.lower() for h in allowed_hosts}
+        self.allowed_hosts = None if token is not None else \
+            LOOPBACK_NAMES | {host_name(name) or name.lower() for name in allowed_hosts}  # "example.org:443" too
 
     def refusal(self, scope: Scope, headers: dict[bytes, bytes]) -> JSONResponse | None:
         """The answer to a request that must not reach a route (400, 403), or None."""
