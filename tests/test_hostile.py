@@ -280,6 +280,13 @@ def test_calibrate_out_must_be_a_new_folder_outside_the_model(model, tmp_path, c
     (tmp_path / "empty").mkdir()
     assert main(["calibrate", "--model", str(model), "--trials", str(tree / "veri_test2.txt"),
                  "--data", str(tree / "wav"), "--out", str(tmp_path / "empty")]) == 0
+    scores = tmp_path / "scores.txt"  # the score-file form writes one file: a folder there was a traceback
+    scores.write_text("a b 0.9 target\nc d 0.1 nontarget\ne f 0.8 target\ng h 0.3 nontarget\ni j 0.4 target\n"
+                      "k l 0.6 nontarget\n")
+    capsys.readouterr()
+    assert main(["calibrate", str(scores), "--out", str(tmp_path / "full")]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder; a score calibration is one file" in err and len(err.strip().splitlines()) == 1
 
 
 # ---- items 7 and 10: finetune ------------------------------------------------------------------------------

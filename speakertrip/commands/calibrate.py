@@ -69,9 +69,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_scores(args: argparse.Namespace) -> int:
-    from speakertrip.errors import FormatError
+    from pathlib import Path
+
+    from speakertrip.errors import ConfigError, FormatError
     from speakertrip.scoring import cllr, min_cllr, read_scores, train_calibration
 
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a folder; a score calibration is one file: give CAL.json")
     scored = read_scores(args.scores)
     if scored.labels is None:
         raise FormatError("calibration needs labels (expected 'ENROLL TEST SCORE target|nontarget')", args.scores)
