@@ -4,9 +4,11 @@ and a damaged file (every read is a CorruptStoreError, the CLI prints one line).
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +42,27 @@ def test_close_folds_every_connections_log_into_the_file(tmp_path):
     shutil.copy(tmp_path / "s.db", tmp_path / "copy" / "s.db")  # the file alone, as a backup or a copy takes it
     with open_store(tmp_path / "copy" / "s.db") as copy:
         assert [s.name for s in copy.speakers()] == ["alice"]
+
+
+def test_an_idle_store_folds_its_log_into_the_file_without_being_closed(tmp_path):
+    store = open_store(tmp_path / "s.db", "m", 4, idle_checkpoint=0.2)
+    other = open_store(tmp_path / "s.db", "m", 4)  # a connection stays open: SQLite alone would keep the log
+    store.add("alice", np.eye(4, dtype=np.float32)[:1], ["a.wav"])
+    store.add("bob", np.eye(4, dtype=np.float32)[1:2], ["b.wav"])
+    store.remove("bob")
+    deadline = time.monotonic() + 30
+    while True:  # a copy of the file alone, as a backup or a killed service leaves it
+        shutil.copy(tmp_path / "s.db", tmp_path / "copy.db")
+        with sqlite3.connect(tmp_path / "copy.db") as db:
+            try:
+                names = [name for (name,) in db.execute("SELECT name FROM speakers")]
+            except sqlite3.OperationalError:  # not even the tables are in the file yet
+                names = None
+        if names == ["alice"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert names == ["alice"]
+    store.close(), other.close()
 
 
 def read_only_mount(folder: Path) -> list[str] | None:

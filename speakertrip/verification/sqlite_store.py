@@ -81,12 +81,14 @@ class SqliteStore(EnrolmentStore):
     embedding_dim : D, checked against the store
     create : make a new store when ``path`` does not exist
     timeout : seconds to wait for another process's write lock
+    idle_checkpoint : seconds after the last write of this store object at which its log is folded into the
+        file (a passive checkpoint), so that the file alone holds every change even if the process is killed
     """
 
     backend = "sqlite"
 
     def __init__(self, path: str | Path, model_identity: str | None = None, embedding_dim: int | None = None,
-                 create: bool = True, timeout: float = 60.0):
+                 create: bool = True, timeout: float = 60.0, idle_checkpoint: float = 5.0):
         super().__init__()
         self.path = Path(path)
         self.location = str(self.path)
@@ -102,6 +104,8 @@ class SqliteStore(EnrolmentStore):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.idle_checkpoint = idle_checkpoint
+        self._timer: threading.Timer | None = None
         try:
             self._open(model_identity, embedding_dim)
         except BaseException:
@@ -318,11 +322,37 @@ class SqliteStore(EnrolmentStore):
                 "speakers": self._db.execute("SELECT COUNT(*) FROM speakers").fetchone()[0],
                 "read_only": self.read_only}
 
+    def _written(self) -> None:
+        """After a commit: (re)start the idle timer whose checkpoint folds the log into the file."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            if not self._closed:
+                self._timer = threading.Timer(self.idle_checkpoint, self._checkpoint)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _checkpoint(self) -> None:
+        """A passive checkpoint on a connection of its own (never inside another thread's transaction)."""
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                db = sqlite3.connect(str(self.path), timeout=1, isolation_level=None)
+            try:
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                db.close()
+        except sqlite3.Error:
+            pass  # busy or gone: the next write, or close(), checkpoints
+
     def close(self) -> None:
         """Close every thread's connection, folding the write-ahead log into the file first (a later
         reader that cannot see the log, e.g. in a read-only copy, then still sees every change)."""
         with self._lock:
             connections, self._connections, self._closed = self._connections, [], True
+            if self._timer is not None:
+                self._timer.cancel()
         if connections and not self.read_only:
             try:
                 connections[0].execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -349,6 +379,7 @@ class _Transaction:
                 db.execute("INSERT INTO meta VALUES ('generation', '1') "
                            "ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
                 db.execute("COMMIT")
+                self.store._written()
                 return
             except BaseException:
                 if db.in_transaction:

@@ -29,8 +29,8 @@ def open_store(location: str | Path | EnrolmentStore, model_identity: str | None
 
     ``model_identity``/``embedding_dim`` are checked against the store (None: not checked);
     only ``create`` with both given makes a store that does not exist yet. ``settings`` go to
-    the backend (``timeout`` for both; ``ef_search``, ``exact_below``, ``pool_size``, ``schema``
-    for PostgreSQL).
+    the backend (``timeout`` for both; ``idle_checkpoint`` for SQLite; ``ef_search``, ``exact_below``,
+    ``pool_size``, ``schema`` for PostgreSQL).
     """
     if isinstance(location, EnrolmentStore):
         location._check_model(model_identity, embedding_dim)
@@ -40,7 +40,7 @@ def open_store(location: str | Path | EnrolmentStore, model_identity: str | None
     if isinstance(location, str) and "://" in location.split("/", 1)[0] + "/":
         raise ConfigError(f"{mask_url(location)}: unknown kind of store; give a file path (SQLite) or a "
                           "postgresql:// URL")
-    unknown = set(settings) - {"timeout"}
+    unknown = set(settings) - {"timeout", "idle_checkpoint"}
     if unknown:
         raise ConfigError(f"{', '.join(sorted(unknown))}: only PostgreSQL stores take these settings")
     return SqliteStore(location, model_identity, embedding_dim, create=create, **settings)
