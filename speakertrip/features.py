@@ -48,6 +48,11 @@ GE2E_TARGET_DBFS = -30.0  # Resemblyzer's audio_norm_target_dBFS: quieter uttera
 CPU_ROWS_PER_PASS = 8
 
 
+# Upper bounds of the sizes a config may ask for (an artifact's config.yaml is read from the user's files):
+# far above any speaker model's, far below an allocation that exhausts memory.
+SIZE_LIMITS = {"n_fft": 16384, "win_length": 16384, "hop_length": 16384, "n_mels": 512, "sample_rate": 192000}
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """How waveforms become log-mel features; saved inside every model artifact.
@@ -92,6 +97,9 @@ class FeatureConfig:
             problems.append(f"win_length {self.win_length} must be in 1..n_fft ({self.n_fft})")
         if self.hop_length <= 0 or self.n_mels <= 0 or self.sample_rate <= 0:
             problems.append("hop_length, n_mels and sample_rate must be positive")
+        for name, largest in SIZE_LIMITS.items():  # before anything is allocated from a file's numbers
+            if getattr(self, name) > largest:
+                problems.append(f"{name} {getattr(self, name)} is larger than {largest:g}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             problems.append(f"need 0 <= f_min ({self.f_min}) < f_max ({self.f_max}) <= sample_rate / 2")
         if self.log_floor <= 0:

@@ -218,6 +218,12 @@ def test_artifact_sizes_are_checked_against_the_header_before_allocating(enrolle
         st.load_model(directory)
 
 
+def test_artifact_frontend_sizes_are_bounded_before_allocating(enrolled, tmp_path):
+    directory = edited_artifact(enrolled, tmp_path, lambda c: c["features"].update(n_fft=10**9, win_length=400))
+    with pytest.raises(FormatError, match=r"config.yaml: .*n_fft 1000000000 is larger than 16384"):
+        st.load_model(directory)  # it tried a 160 GB allocation before
+
+
 # ---- 5. trial lists, preparation, audio ------------------------------------------------------------
 def test_trial_list_with_a_byte_order_mark(tmp_path):
     path = tmp_path / "trials.txt"
