@@ -32,6 +32,7 @@ torch.Size([2, 192])
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
@@ -103,7 +104,10 @@ def _prepack_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torc
     quantisation does to avoid saturating the 16-bit sums of non-VNNI kernels.
     """
     scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
-    quantised = torch.quantize_per_channel(weight, scale, torch.zeros_like(scale, dtype=torch.int64), 0, torch.qint8)
+    with warnings.catch_warnings():  # torch deprecates quantised tensors in favour of torchao; they still work
+        warnings.simplefilter("ignore", UserWarning)
+        quantised = torch.quantize_per_channel(weight, scale, torch.zeros_like(scale, dtype=torch.int64), 0,
+                                               torch.qint8)
     engines = torch.backends.quantized.supported_engines
     engine = "onednn" if "onednn" in engines else torch.backends.quantized.engine
     previous = torch.backends.quantized.engine
