@@ -48,7 +48,7 @@ from torch import nn
 
 from speakertrip.errors import ConfigError
 from speakertrip.models.artifact import weights_stamp
-from speakertrip.models.inference_ecapa import inference_model
+from speakertrip.models.inference_ecapa import foldable, inference_model
 
 BACKENDS = ("auto", "float32", "bfloat16", "int8", "onnxruntime", "eager")
 BACKEND_VARIABLE = "SPEAKERTRIP_BACKEND"  # what ``auto`` means when set (e.g. float32 for float32 results everywhere)
@@ -86,7 +86,7 @@ def resolve_backend(model: nn.Module, name: str = "auto", device: torch.device |
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; valid: {', '.join(BACKENDS)}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    folded = inference_model(model) is not None
+    folded = foldable(model)
     preset = os.environ.get(BACKEND_VARIABLE, "auto")
     if name == "auto" and preset != "auto":
         if preset not in BACKENDS:

@@ -291,17 +291,22 @@ class InferenceModel(nn.Module):
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def inference_model(model: nn.Module, precision: str = "float32") -> InferenceModel | None:
-    """The cached :class:`InferenceModel` of ``model`` in ``precision``, rebuilt when a weight or the device changed.
-
-    Returns None when the encoder is not SpeechBrain's ECAPA with ReLU activations (the caller
-    then runs the model itself). The copy holds frozen weights: build it after training.
-    """
+def foldable(model: nn.Module) -> bool:
+    """Whether ``model`` has an inference copy: a frontend and SpeechBrain's ECAPA with ReLU activations."""
     from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN, TDNNBlock
 
     encoder = getattr(model, "encoder", None)
-    if not isinstance(encoder, ECAPA_TDNN) or not hasattr(model, "frontend") or not all(
-            isinstance(block.activation, nn.ReLU) for block in encoder.modules() if isinstance(block, TDNNBlock)):
+    return isinstance(encoder, ECAPA_TDNN) and hasattr(model, "frontend") and all(
+        isinstance(block.activation, nn.ReLU) for block in encoder.modules() if isinstance(block, TDNNBlock))
+
+
+def inference_model(model: nn.Module, precision: str = "float32") -> InferenceModel | None:
+    """The cached :class:`InferenceModel` of ``model`` in ``precision``, rebuilt when a weight or the device changed.
+
+    Returns None when the model is not :func:`foldable` (the caller then runs the model itself).
+    The copy holds frozen weights: build it after training.
+    """
+    if not foldable(model):
         return None
     stamp = weights_stamp(model.state_dict())
     copies = _CACHE.setdefault(model, {})
