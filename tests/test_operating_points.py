@@ -10,7 +10,7 @@ from speakertrip.cli import main as cli
 from speakertrip.data.split import make_trials
 from speakertrip.errors import ConfigError, FormatError
 from speakertrip.evaluation import DevCalibration, DevScores, OperatingPointSummary, evaluate_dev
-from speakertrip.evaluation.confidence import OperatingPointConfidence, OperatingPointWarning
+from speakertrip.evaluation.confidence import OperatingPointConfidence, OperatingPointWarning, far_interval
 from speakertrip.models import load_model
 from speakertrip.testing import make_voxceleb_tree, tiny_model, tiny_model_artifact
 from speakertrip.verification.adaptation import ScoreAdaptation, impostor_scores
@@ -232,3 +232,20 @@ def test_verifier_adapts_its_operating_point_to_the_store(tmp_path, capsys):
                       "--adapt", name, str(test)])
     assert status == (0 if result.accepted else 1)
     assert f"score={result.score:.4f}" in capsys.readouterr().out
+
+
+def test_far_interval_matches_a_replicate_loop():
+    scores, labels, enrol, test = speaker_trials(5, 6, seed=2)
+    non = ~labels
+    thresholds = [0.3, 0.6]
+    found = far_interval(scores[non], enrol[non], test[non], thresholds, resamples=30, seed=4)
+    names = np.unique(np.concatenate([enrol, test]))
+    rng = np.random.default_rng(4)
+    rates = []
+    for _ in range(30):
+        drawn = dict(zip(names, rng.multinomial(len(names), np.full(len(names), 1 / len(names)))))
+        weights = np.array([drawn[a] * drawn[b] for a, b in zip(enrol[non], test[non])], float)
+        rates.append([weights[scores[non] >= t].sum() / weights.sum() for t in thresholds])
+    for (far, low, high), t, column in zip(found, thresholds, np.array(rates).T):
+        assert far == np.mean(scores[non] >= t)
+        assert (low, high) == pytest.approx(tuple(np.quantile(column, [0.025, 0.975])))
