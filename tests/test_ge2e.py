@@ -86,10 +86,11 @@ def test_import_command_writes_the_same_model_with_its_record(model, tmp_path, c
     assert imported.identity == model.identity and imported.embedding_dim == 256
     record = yaml.safe_load((tmp_path / "r" / "imported_from.yaml").read_text())
     import hashlib
+    import importlib.metadata
 
     weights = importer.pretrained_path()
     assert record["sha256"] == {"pretrained.pt": hashlib.sha256(weights.read_bytes()).hexdigest()}
-    assert record["package_version"] == resemblyzer.__version__ if hasattr(resemblyzer, "__version__") else True
+    assert record["package_version"] == importlib.metadata.version("resemblyzer")
 
 
 def test_without_the_package_one_line_names_the_extra(monkeypatch, tmp_path, capsys):
