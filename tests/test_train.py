@@ -60,7 +60,8 @@ def read_records(exp: Path) -> list[dict]:
 def test_smoke_run_and_averaged_artifact(data, tmp_path, encoder):
     exp = train(load_config(None, overrides(data, tmp_path / "exp", encoder)))
     assert sorted(p.name for p in exp.iterdir()) == ["checkpoints", "config.yaml", "curves.png", "metrics.jsonl",
-                                                     "model"]
+                                                     "model", "summary.txt"]
+    assert "dev EER" not in (exp / "summary.txt").read_text() and "final loss" in (exp / "summary.txt").read_text()
     assert load_config(exp / "config.yaml").model.encoder == encoder  # the resolved config reloads
     records = read_records(exp)
     steps = [r for r in records if r["kind"] == "step"]
