@@ -8,11 +8,13 @@ import os
 import time
 from pathlib import Path
 
+from speakertrip.data.items import DATA_HELP
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("embed", help="embed a folder or manifest of utterances into a store (.npz)")
     parser.add_argument("--model", type=Path, required=True, help="model artifact directory")
-    parser.add_argument("--data", type=Path, required=True, help="audio folder (scanned recursively) or manifest .jsonl")
+    parser.add_argument("--data", type=Path, required=True, help=f"what to embed: {DATA_HELP}")
     parser.add_argument("--out", type=Path, required=True, help="embedding store: .npz file or a directory")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, "
                         "under torchrun cuda:LOCAL_RANK)")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from speakertrip.data.items import DATA_HELP
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from speakertrip.training.finetune_config import FinetuneConfig
@@ -22,8 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: speakertrip finetune --model speechbrain/spkrec-ecapa-voxceleb --data my_speakers/ "
                "--out exp/finetuned")
     parser.add_argument("--model", required=True, help="artifact folder, hub id or SpeechBrain hub-layout folder")
-    parser.add_argument("--data", required=True, type=Path,
-                        help="VoxCeleb-layout folder (<root>/idNNNNN/<video>/<utt>.wav) or a JSONL manifest")
+    parser.add_argument("--data", required=True, type=Path, help=f"your speakers: {DATA_HELP}")
     parser.add_argument("--out", required=True, type=Path, help="experiment folder (the model lands in OUT/model)")
     parser.add_argument("--dev", type=Path, help="dev set (folder or manifest); default: hold out --dev-speakers")
     parser.add_argument("--dev-speakers", type=float, default=defaults.dev_speakers,
