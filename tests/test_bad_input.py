@@ -128,6 +128,13 @@ def read_only_runner(directory: Path) -> list[str] | None:
     return ["unshare", "-m", "sh", "-c", f'mount --bind -o ro {directory} {directory} && exec "$@"', "sh"]
 
 
+def test_a_cli_enrolment_folds_its_log_into_the_file(enrolled, tmp_path):
+    # a copy of s.db alone must hold alice: the command closed its store (the write-ahead log checkpointed)
+    assert not (enrolled / "s.db-wal").exists() or (enrolled / "s.db-wal").stat().st_size == 0
+    shutil.copy(enrolled / "s.db", tmp_path / "copy.db")
+    assert main(["speakers", "--store", str(tmp_path / "copy.db")]) == 0
+
+
 @pytest.mark.slow
 def test_read_only_store_reads_and_refuses_enrolment(enrolled, tmp_path):
     folder = tmp_path / "ro"

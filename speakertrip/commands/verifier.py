@@ -94,21 +94,21 @@ def run_enroll(args: argparse.Namespace) -> int:
         raise ConfigError("give NAME FILE [FILE ...] (and/or --cohort FILE ...)")
     if len(args.entries) == 1:
         raise ConfigError(f"no audio files given for speaker {args.entries[0]!r}: enroll NAME FILE [FILE ...]")
-    verifier = _verifier(args)
-    if args.cohort:
-        print(f"cohort: {verifier.enroll_cohort(args.cohort)} utterances in {verifier.store.location}")
-    if args.entries:
-        name, files = args.entries[0], [Path(f) for f in args.entries[1:]]
-        count = verifier.enroll(name, files, replace=args.replace)
-        print(f"{name}: {len(files)} utterance(s) added, {count} enrolled; "
-              f"{len(verifier.store)} speaker(s) in {verifier.store.location}")
+    with _verifier(args) as verifier:
+        if args.cohort:
+            print(f"cohort: {verifier.enroll_cohort(args.cohort)} utterances in {verifier.store.location}")
+        if args.entries:
+            name, files = args.entries[0], [Path(f) for f in args.entries[1:]]
+            count = verifier.enroll(name, files, replace=args.replace)
+            print(f"{name}: {len(files)} utterance(s) added, {count} enrolled; "
+                  f"{len(verifier.store)} speaker(s) in {verifier.store.location}")
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
     try:
-        verifier = _verifier(args)
-        result = verifier.verify(args.name, args.file)
+        with _verifier(args) as verifier:
+            result = verifier.verify(args.name, args.file)
     except Exception as error:  # noqa: BLE001 - exit status 2 is part of this command's contract
         print(f"speakertrip verify: error: {error}", file=sys.stderr)
         return 2
@@ -119,11 +119,11 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_identify(args: argparse.Namespace) -> int:
-    verifier = _verifier(args)
-    matches = verifier.identify(args.file, top_k=args.top_k, open_set=not args.all)
+    with _verifier(args) as verifier:
+        matches = verifier.identify(args.file, top_k=args.top_k, open_set=not args.all)
+        enrolled = len(verifier.store)
     if not matches:
-        print(f"unknown: no enrolled speaker scores >= {_operating_point(verifier)} "
-              f"({len(verifier.store)} enrolled)")
+        print(f"unknown: no enrolled speaker scores >= {_operating_point(verifier)} ({enrolled} enrolled)")
         return 1
     print(f"operating point: {_operating_point(verifier)}")
     print(f"{'rank':>4}  {'score':>8}  {'llr':>8}  {'':8}  name")

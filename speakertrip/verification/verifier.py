@@ -190,6 +190,18 @@ class Verifier:
                           OperatingPointWarning, stacklevel=3)
         return adaptation
 
+    def close(self) -> None:
+        """Close the store this Verifier opened (its write-ahead log folded into the file); a store passed in
+        open stays open. A closed Verifier is not used again."""
+        if self._store is not None and not isinstance(self._location, EnrolmentStore):
+            self._store.close()
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @property
     def store(self) -> EnrolmentStore:
         """The enrolment store; StoreNotFoundError while it does not exist (enrolment creates it)."""
