@@ -232,13 +232,16 @@ class FinetuneTrainer(Trainer):
     validation (training then goes on with them, frozen by default) and once more in the final model."""
 
     def __init__(self, train: TrainConfig, options: FinetuneConfig, *args: Any, **kwargs: Any):
-        super().__init__(train, *args, **kwargs)
         self.options = options
-        _, self.fixed_norms = freeze_layers(self.model.encoder, options.freeze_layers)
-        if options.freeze_statistics:
-            self.fixed_norms = batch_norms(self.model)
+        super().__init__(train, *args, **kwargs)
         if options.source_statistics:
             self.batchnorm_data = read_manifest(options.source)
+
+    def prepare_model(self) -> None:
+        """Freeze the first layers before DDP wraps the model (DDP would wait for their gradients)."""
+        _, self.fixed_norms = freeze_layers(self.model.encoder, self.options.freeze_layers)
+        if self.options.freeze_statistics:
+            self.fixed_norms = batch_norms(self.model)
 
     def set_train_mode(self) -> None:
         super().set_train_mode()
@@ -255,11 +258,11 @@ class FinetuneTrainer(Trainer):
             reestimate_batchnorm(self.model, self.batchnorm_data, self.config.data.crop_seconds,
                                  self.config.features.sample_rate, self.device, seed=self.step)
         super().validate()
-        if self.dist.is_main and self.dev is not None:  # a tie counts as progress: a small dev set saturates
-            last = next(r for r in reversed(self.log.read()) if r.get("kind") == "validation")
-            if last["step"] == self.step and last["eer"] <= self.best.get("eer", float("inf")):
-                self.best = {"eer": last["eer"], "step": self.step}
         self.stop_if_stale()
+
+    def improves(self, eer: float) -> bool:
+        """A tie counts as progress: a small dev set saturates (every rank decides on rank 0's EER)."""
+        return eer <= self.best["eer"]
 
     def load(self, path: Path) -> None:
         super().load(path)
