@@ -187,11 +187,11 @@ def markdown(results: dict[str, dict[str, dict]], header: str) -> str:
     lines = [header]
     for list_name, table in results.items():
         lines += ["", f"**{list_name}**", "",
-                  "| loss | EER % mean ± std | EER % 95 % CI | vs best EER | minDCF(0.01) mean ± std | "
-                  "minDCF 95 % CI | vs best minDCF |", "|---|---|---|---|---|---|---|"]
+                  "| loss | seeds | EER % mean ± std | EER % 95 % CI | vs best EER | minDCF(0.01) mean ± std | "
+                  "minDCF 95 % CI | vs best minDCF |", "|---|---|---|---|---|---|---|---|"]
         for name, row in sorted(table.items(), key=lambda item: item[1]["eer_mean"]):
             lines.append(
-                f"| {name} | {100 * row['eer_mean']:.2f} ± {100 * row['eer_std']:.2f} | "
+                f"| {name} | {len(row['eer'])} | {100 * row['eer_mean']:.2f} ± {100 * row['eer_std']:.2f} | "
                 f"{100 * row['eer_ci'][0]:.2f}–{100 * row['eer_ci'][1]:.2f} | {_versus(row['eer_vs_best'], name, 100)} | "
                 f"{row['min_dcf_mean']:.3f} ± {row['min_dcf_std']:.3f} | "
                 f"{row['min_dcf_ci'][0]:.3f}–{row['min_dcf_ci'][1]:.3f} | {_versus(row['min_dcf_vs_best'], name, 1)} |")
