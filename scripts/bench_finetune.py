@@ -41,7 +41,7 @@ RESEMBLYZER = "resemblyzer"
 TARGETS = {RESEMBLYZER: (0.7, 1.2)}  # (real-voice, eSpeak) EER ratio targets by model; others: DEFAULT_TARGETS
 DEFAULT_TARGETS = (0.6, 1.1)
 DEMO_FILES = {"model": "exp/model", "espeak_test": "synth/data/test.jsonl",
-              "espeak_trials": "synth/data/trials/veri_test2.txt", "source": "synth/data/fit.jsonl"}
+              "espeak_trials": "synth/data/trials/veri_test2.txt", "source": "synth/data/train.jsonl"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -57,7 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--espeak-test", type=Path, help="default DEMO/synth/data/test.jsonl")
     parser.add_argument("--espeak-trials", type=Path, help="default DEMO/synth/data/trials/veri_test2.txt")
     parser.add_argument("--source", type=Path, help="source-domain manifest mixed in against forgetting "
-                        "(default DEMO/synth/data/fit.jsonl; 'none' to switch off)")
+                        "(default DEMO/synth/data/train.jsonl; 'none' to switch off)")
     parser.add_argument("--no-preprocessing-table", action="store_true", help="with --model resemblyzer: skip the "
                         "table of preprocessing choices (the per-fold check against the package still runs)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_finetune"))
