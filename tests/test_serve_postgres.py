@@ -81,7 +81,9 @@ def test_database_restart_under_load_is_503_and_loses_nothing_acknowledged(repli
         worker.start()
     time.sleep(2)
     postgres.crash()
-    time.sleep(1)
+    down = time.monotonic() + 30  # keep the database down until a request has met the outage (a loaded machine
+    while time.monotonic() < down and not any(status == 503 for status, _, _ in answers):  # answers slowly)
+        time.sleep(0.2)
     postgres.start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (answers and answers[-1][0] == 200 and len(answers) > 20):
