@@ -149,7 +149,7 @@ def test_other_model_and_dimension_are_refused(location):
 def test_schema_version_is_checked(location):
     open_at(location).close()
     set_meta(location, "schema_version", "99")
-    with pytest.raises(CorruptStoreError, match="store schema version 99, this speakertrip reads 1"):
+    with pytest.raises(CorruptStoreError, match=r"store schema version 99, this speakertrip reads [12];"):
         open_store(location, create=False)
 
 
@@ -277,7 +277,8 @@ def test_check_reads_the_store_now(location):
         other = open_at(location)
         other.add("bob", unit(1), ["b"])
         health = store.check()
-        assert health["speakers"] == 2 and health["model"] == "model-a" and health["schema_version"] == "1"
+        assert health["speakers"] == 2 and health["model"] == "model-a"
+        assert health["schema_version"] == {"sqlite": "1", "postgresql": "2"}[store.backend]
         assert health["backend"] == store.backend and health["read_only"] is False
         other.close()
 

@@ -84,12 +84,12 @@ def test_hnsw_index_finds_the_exact_best_and_scores_are_exact(postgres):
     owners = np.random.default_rng(2).integers(0, 3000, 40)
     queries = unit(40, dim, 3) + centroids[owners]
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    with open_store(url, "m", dim) as store:
+    with open_store(url, "m", dim, search="hnsw") as store:
         store.add_many([(f"s{i:04d}", vector[None], ["x"]) for i, vector in enumerate(centroids)])
         assert store.check()["search"].startswith("exact scan")
         exact_results = [store.search(query, top_k=3) for query in queries]
         assert store.build_index() > 0
-    with open_store(url, "m", dim, exact_below=1000, ef_search=60) as store:
+    with open_store(url + "&search=hnsw", "m", dim, exact_below=1000, ef_search=60) as store:
         assert store.check()["search"] == "hnsw (ef_search=60, exact below 1000 speakers)"
         stored = np.stack([store.centroid(f"s{i:04d}") for i in range(3000)]).astype(np.float64)
         hits = 0
@@ -102,7 +102,7 @@ def test_hnsw_index_finds_the_exact_best_and_scores_are_exact(postgres):
         assert hits >= 36  # approximate: recall@1 >= 0.9 on random 32-d vectors, the hard case for a graph
         store.add("late", queries[0][None], ["late.wav"])  # the index takes new speakers as they come
         assert store.search(queries[0], top_k=1)[0][0] == "late"
-    with open_store(url, "m", dim, exact_below=10_000) as store:  # small: the exact scan, index or not
+    with open_store(url, "m", dim, exact_below=10_000, search="hnsw") as store:  # small: the exact scan
         assert store.check()["search"].startswith("hnsw") and store.search(queries[1], 3) == exact_results[1]
 
 

@@ -29,8 +29,8 @@ def open_store(location: str | Path | EnrolmentStore, model_identity: str | None
 
     ``model_identity``/``embedding_dim`` are checked against the store (None: not checked);
     only ``create`` with both given makes a store that does not exist yet. ``settings`` go to
-    the backend (``timeout`` for both; ``idle_checkpoint`` for SQLite; ``ef_search``, ``exact_below``,
-    ``pool_size``, ``schema`` for PostgreSQL).
+    the backend (``timeout`` for both; ``idle_checkpoint`` for SQLite; ``search``, ``candidates``,
+    ``ef_search``, ``exact_below``, ``pool_size``, ``schema`` for PostgreSQL).
     """
     if isinstance(location, EnrolmentStore):
         location._check_model(model_identity, embedding_dim)
