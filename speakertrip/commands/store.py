@@ -2,7 +2,9 @@
 
 ``info`` reads the store now and says what it holds; ``copy SRC DST`` copies speakers, utterance
 embeddings, cohort and model identity between any two stores in one transaction (SQLite ↔
-PostgreSQL); ``index`` builds a PostgreSQL store's HNSW index (identify scans exactly until then).
+PostgreSQL); ``index`` builds a PostgreSQL store's HNSW index, which identify uses when the store URL
+says ``?search=hnsw`` (the default search, ``sketch``, needs no build: each process loads the speakers'
+sketches at its first search). ``info`` names the search the URL chooses and what it costs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     copy.add_argument("source", metavar="SRC", help=STORE_HELP)
     copy.add_argument("destination", metavar="DST", help="a new or empty store (same kinds as SRC)")
     copy.set_defaults(func=run_copy)
-    index = actions.add_parser("index", help="build a PostgreSQL store's HNSW index over the centroids")
+    index = actions.add_parser("index", help="build a PostgreSQL store's HNSW index over the centroids (used with "
+                                             "?search=hnsw in the store URL)")
     index.add_argument("store", metavar="STORE", help="a postgresql:// URL")
     index.add_argument("--m", type=int, default=16, help="HNSW links per node (16)")
     index.add_argument("--ef-construction", type=int, default=64, help="HNSW build candidate list (64)")

@@ -565,22 +565,27 @@ class PostgresStore(EnrolmentStore):
 
     def _sketch_candidates(self, query: np.ndarray, count: int) -> tuple[list[str], np.ndarray]:
         """The ``count`` nearest sketches' names and centroids, fetched by id with the store's generation in one
-        round trip; when another process wrote since this one's index was brought up to date, it is brought up to
-        date and searched again (twice at most: the third answer is at least as new as the search's start)."""
+        round trip (one row: the names joined by line breaks, which names never hold, and the centroids' pgvector
+        binary forms end to end); when another process wrote since this one's index was brought up to date, it is
+        brought up to date and searched again (twice at most: the third answer is at least as new as the search's
+        start)."""
         index = self._sketches if self._sketches is not None and self._sketches.generation >= 0 else self._sync()
         code = sketch_codes(self._projection, query[None])[0]
         s = self.schema
         for attempt in range(3):
             local = index.generation
             ids = index.search(code, count)
-            rows = self._rows(f"SELECT m.value::bigint, s.name, s.centroid FROM {s}.meta m LEFT JOIN {s}.speakers s "
-                              "ON s.id = ANY(%s::bigint[]) WHERE m.key = 'generation'", (ids.tolist(),), binary=True)
-            if rows[0][0] <= local or attempt == 2:
+            generation, names, blob = self._rows(
+                f"SELECT (SELECT value::bigint FROM {s}.meta WHERE key = 'generation'), string_agg(name, E'\\n' "
+                "ORDER BY id), string_agg(vector_send(centroid), ''::bytea ORDER BY id) FROM "
+                f"{s}.speakers WHERE id = ANY(%s::bigint[])", (ids.tolist(),), binary=True)[0]
+            if generation <= local or attempt == 2:
                 break
             index = self._sync()
-        found = [(name, centroid) for _, name, centroid in rows if name is not None]
-        matrix = np.stack([c for _, c in found]) if found else np.zeros((0, self.embedding_dim), FLOAT)
-        return [name for name, _ in found], matrix
+        if not names:
+            return [], np.zeros((0, self.embedding_dim), FLOAT)
+        sent = np.dtype([("header", ">i4"), ("vector", ">f4", (self.embedding_dim,))])  # pgvector's vector_send
+        return names.split("\n"), np.frombuffer(blob, sent)["vector"].astype(FLOAT)
 
     @_translated
     def load_sketches(self) -> float:
