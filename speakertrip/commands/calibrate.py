@@ -7,7 +7,7 @@ Two forms:
   copy of a model artifact (LLRs and operating points for the Verifier); ``M`` is left unchanged. Without
   ``--trials`` a trial list is generated over the labelled ``--data`` (as ``finetune`` makes its dev list).
   It prints, per operating point, the dev speakers and speaker pairs behind it and speaker-bootstrap
-  intervals of its threshold and of the rate it realises.
+  intervals of its threshold and of the rate it realises on new speakers of the dev domain.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def run_model(args: argparse.Namespace) -> int:
 
 def operating_points_table(calibration: DevCalibration) -> str:
     """The recorded operating points: threshold, dev errors and the speakers and pairs they come from, and the
-    speaker-bootstrap intervals of the threshold and of the realised rate."""
+    speaker-bootstrap intervals of the threshold and of the rate it realises on new speakers (``expected_interval``)."""
     from speakertrip.tables import format_table
 
     confidence = calibration.confidence
@@ -133,8 +133,9 @@ def operating_points_table(calibration: DevCalibration) -> str:
         rows = [(f"{p.kind}={p.rate:g}", f"{p.threshold:.4f}", f"{p.errors}",
                  f"{p.error_speakers}/{p.error_pairs}" if p.kind == "far" else f"{p.error_speakers}",
                  f"{p.threshold_interval[0]:.4f} .. {p.threshold_interval[1]:.4f}",
-                 f"{100 * p.rate_interval[0]:.3g} .. {100 * p.rate_interval[1]:.3g} %" + (" wide" if p.wide else ""))
+                 f"{100 * p.expected_interval[0]:.3g} .. {100 * p.expected_interval[1]:.3g} %" +
+                 (" wide" if p.wide else ""))
                 for p in confidence.points]
     level = "" if confidence is None else f" ({100 * confidence.confidence:g} %, speakers resampled)"
     return format_table(("operating point", "threshold", "dev errors", "speakers/pairs", f"threshold interval{level}",
-                         "realised rate interval"), rows, right=[1, 2])
+                         "rate on new speakers"), rows, right=[1, 2])

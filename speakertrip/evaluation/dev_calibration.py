@@ -17,7 +17,9 @@ metrics (the EER threshold among them) that :mod:`speakertrip.evaluation.recordi
         resamples: 1000
         confidence: 0.95
         points: [{kind: far, rate: 0.01, threshold, errors, error_speakers, error_pairs,
-                  threshold_interval: [low, high], rate_interval: [low, high]}, ...]
+                  threshold_interval: [low, high], rate_interval: [low, high],
+                  new_speakers_interval: [low, high]}, ...]   # the last one recorded since issue 31; older
+                                                               # artifacts get it from the others on loading
 """
 
 from __future__ import annotations
@@ -107,11 +109,12 @@ class DevCalibration:
                    for value in numbers):
             raise FormatError("evaluation.calibration: trials and prior must be numbers", source)
         quality, confidence = data.get("quality"), data.get("operating_points")
+        summary = OperatingPointSummary.from_dict(data["scores"], source)
         return cls(Calibration.from_dict(data["linear"], source),
                    None if quality is None else QualityCalibration.from_dict(quality, source),
-                   OperatingPointSummary.from_dict(data["scores"], source), int(data["trials"]),
-                   float(data["prior"]),
-                   None if confidence is None else OperatingPointConfidence.from_dict(confidence, source))
+                   summary, int(data["trials"]), float(data["prior"]),
+                   None if confidence is None else
+                   OperatingPointConfidence.from_dict(confidence, source).completed(summary))
 
     @classmethod
     def of_model(cls, evaluation: Mapping[str, Any], source: object = None) -> DevCalibration | None:
