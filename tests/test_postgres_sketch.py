@@ -6,6 +6,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from speakertrip.cli import main
 from speakertrip.errors import ConfigError, StoreError
 from speakertrip.verification import open_store
 from speakertrip.verification.sketch_index import CODE_BYTES, SketchIndex, make_projection, sketch_codes
@@ -118,7 +119,7 @@ def downgrade_to_version_1(url):
             UPDATE speakertrip.meta SET value = '1' WHERE key = 'schema_version'""")
 
 
-def test_a_version_1_store_is_migrated_by_a_writer_and_refused_to_a_reader(postgres):
+def test_a_version_1_store_is_migrated_by_a_writer_and_refused_to_a_reader(postgres, capsys):
     database = postgres.new_database()
     url = postgres.url(database)
     centroids, names = unit(300, 7), [f"s{i:03d}" for i in range(300)]
@@ -130,7 +131,12 @@ def test_a_version_1_store_is_migrated_by_a_writer_and_refused_to_a_reader(postg
     with pytest.raises(StoreError, match="schema version 1 and this speakertrip reads version 2; open it once as "
                                          "its owner .* to migrate it in place .*role reader_"):
         open_store(reader)
-    with open_store(url, exact_below=0) as store:  # the writer migrates it
+    assert main(["store", "info", url]) == 0  # the owner opens it: migrated
+    out = capsys.readouterr().out
+    assert "schema version  2" in out and "search          sketch (256-bit SimHash, 256 candidates" in out
+    assert main(["store", "info", url + "&search=hnsw"]) == 0
+    assert "search          exact scan (no index: speakertrip store index)" in capsys.readouterr().out
+    with open_store(url, exact_below=0) as store:
         assert store.check()["schema_version"] == "2"
         query = near(centroids, np.array([42]), 8)[0]
         assert store.search(query, 3) == brute_force(names[1:], centroids[1:], query, 3)
