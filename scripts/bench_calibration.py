@@ -23,7 +23,11 @@ enrolment utterances compared.
    as impostors who never enrolled.
 5. Also with ``--real``: ``speakertrip calibrate --model M --data DIR`` (trial list generated over the folder) on
    10 real speakers drawn at random (``--draws-10`` draws), realised FAR on the other 29 (every pair of their
-   utterances); with ``--espeak-domain DIR`` the same on other eSpeak speakers through other channels.
+   utterances), and whether it falls inside the calibration's own interval of the rate on new speakers; with
+   ``--espeak-domain DIR`` the same on other eSpeak speakers through other channels. Ten draws say little about
+   a share, so the same is then simulated in numpy over ``--simulated`` draws (the trial list ``calibrate``
+   generates, the threshold ``calibrate`` records, no bootstrap) with 10 and 20 calibration speakers, beside
+   the threshold set on every speaker of the domain (what the test speakers' own spread allows).
 
 ``--calibrated WORK/model_calibrated --parts shift ten`` reruns parts of an earlier run without part 1.
 
@@ -56,9 +60,12 @@ from speakertrip.audio import load_audio
 from speakertrip.cli import main as cli
 from speakertrip.data.items import read_items
 from speakertrip.data.manifest import read_manifest
+from speakertrip.data.split import make_trials
 from speakertrip.data.trials import read_trials
 from speakertrip.evaluation.confidence import far_interval
 from speakertrip.evaluation.dev_calibration import DevCalibration
+from speakertrip.evaluation.dev_scores import MAX_GENERATED_TRIALS
+from speakertrip.evaluation.score_summary import OperatingPointSummary
 from speakertrip.scoring.enrolment import ENROLMENT_SCORINGS, speaker_scores
 
 CUTS = (1.0, 2.0, 4.0, None)  # seconds kept from the start of a test utterance; None: all of it
@@ -175,6 +182,7 @@ def main() -> None:
                         "holding wav/): the domain-shift parts run only with it")
     parser.add_argument("--draws", type=int, default=20, help="random enrolment draws per size")
     parser.add_argument("--draws-10", type=int, default=5, help="random draws of the 10 real calibration speakers")
+    parser.add_argument("--simulated", type=int, default=200, help="simulated draws of calibration speakers (part 5)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--espeak-domain", type=Path, help="part 5 also on this VoxCeleb-layout folder: other eSpeak "
                         "speakers through other channels (`speakertrip prepare synth --seed 11 --speakers 42 "
@@ -202,9 +210,10 @@ def main() -> None:
     if "shift" in args.parts:
         real_voice_shift(args.real, model, calibrated, work)
     if "ten" in args.parts:
-        calibrate_on_ten(args.real / "wav", "real", args.model, model, work, args.draws_10)
+        calibrate_on_ten(args.real / "wav", "real", args.model, model, work, args.draws_10, args.simulated)
         if args.espeak_domain is not None:
-            calibrate_on_ten(args.espeak_domain, "other-channel eSpeak", args.model, model, work, args.draws_10)
+            calibrate_on_ten(args.espeak_domain, "other-channel eSpeak", args.model, model, work, args.draws_10,
+                             args.simulated)
 
 
 def in_domain(args: argparse.Namespace, model: st.EmbeddingModel, calibrated: Path, work: Path) -> None:
@@ -325,7 +334,9 @@ def describe(calibration: DevCalibration, far: float) -> str:
     point = None if calibration.confidence is None else calibration.confidence.point("far", far)
     if point is None:
         return "not recorded"
-    return (f"{100 * point.rate_interval[0]:.2f} .. {100 * point.rate_interval[1]:.2f} % "
+    low, high = point.expected_interval
+    return (f"{100 * low:.2f} .. {100 * high:.2f} % on new speakers (the bootstrap rate interval alone: "
+            f"{100 * point.rate_interval[0]:.2f} .. {100 * point.rate_interval[1]:.2f} %) "
             f"({calibration.confidence.speakers} dev speakers; {point.errors} dev false accepts from "
             f"{point.error_pairs} speaker pairs)")
 
@@ -367,9 +378,9 @@ def real_voice_shift(real: Path, model: st.EmbeddingModel, calibrated: Path, wor
 
 
 def calibrate_on_ten(wav: Path, domain: str, model_dir: Path, model: st.EmbeddingModel, work: Path, draws: int,
-                     count: int = 10) -> None:
+                     simulated: int, count: int = 10) -> None:
     """5. `speakertrip calibrate` on ``count`` speakers of the VoxCeleb-layout folder ``wav`` (trial list generated
-    over them), realised FAR on its other speakers (every pair of their utterances)."""
+    over them), realised FAR on its other speakers (every pair of their utterances); then ``simulated`` draws."""
     found = read_items(wav)
     speakers = np.asarray(found.speakers)
     names = sorted(set(found.speakers))
@@ -378,7 +389,7 @@ def calibrate_on_ten(wav: Path, domain: str, model_dir: Path, model: st.Embeddin
           f"DIR), realised FAR on the other {len(names) - count} (every pair of their utterances)")
     print(FAR_HEADER)
     rng = np.random.default_rng(1)
-    realised = []
+    realised, inside_own = [], {far: [0, 0] for far in TARGETS}  # draws inside: new-speaker interval, rate interval
     for draw in range(draws):
         chosen = sorted(rng.choice(names, count, replace=False).tolist())
         folder = work / f"{domain.replace(' ', '_')}_cal_{draw}"
@@ -401,12 +412,68 @@ def calibrate_on_ten(wav: Path, domain: str, model_dir: Path, model: st.Embeddin
                                                 if far * calibration.scores.nontargets.count >= 1}, {0.01: TARGETS[0.01]})
         realised.append(rates[0][0])
         print(f"  draw {draw + 1} calibrated on {', '.join(chosen)}")
-        for far in TARGETS:
+        for far, (rate, _, _) in zip(TARGETS, rates):
             print(f"  far={far:g}: the calibration's own interval {describe(calibration, far)}")
+            point = None if calibration.confidence is None else calibration.confidence.point("far", far)
+            if point is not None:
+                inside_own[far][0] += point.expected_interval[0] <= rate <= point.expected_interval[1]
+                inside_own[far][1] += point.rate_interval[0] <= rate <= point.rate_interval[1]
     low, high = TARGETS[0.01]
     inside = sum(low <= far <= high for far in realised)
     print(f"far=0.01 after calibrating on {count} {domain} speakers: median realised {100 * np.median(realised):.3f} %, "
           f"{inside} of {draws} draws within [{100 * low:g}, {100 * high:g}] %")
+    for far, (new, rate) in inside_own.items():
+        print(f"far={far:g}: the realised FAR lies inside the calibration's own 95 % interval on new speakers in {new} "
+              f"of {draws} draws (inside the bootstrap rate interval alone: {rate})")
+    simulate_calibrations(embeddings, found.keys, speakers, domain, simulated)
+
+
+def simulate_calibrations(embeddings: np.ndarray, keys: list[str], speakers: np.ndarray, domain: str, draws: int,
+                          seed: int = 2) -> None:
+    """Part 5 in numpy: ``draws`` random sets of 10 and of 20 calibration speakers; for each the trial list
+    ``calibrate --data`` generates over them and the threshold it records (the dev summary's, as the Verifier reads
+    it), realised on every pair of the other speakers. Also the threshold set on every speaker of the domain."""
+    names = sorted(set(speakers.tolist()))
+    row = {key: i for i, key in enumerate(keys)}
+    scores = embeddings @ embeddings.T
+
+    def nontargets(chosen: np.ndarray) -> np.ndarray:
+        rows = np.flatnonzero(chosen)
+        first, second = np.triu_indices(len(rows), 1)
+        first, second = rows[first], rows[second]
+        return scores[first, second][speakers[first] != speakers[second]].astype(np.float64)
+
+    def thresholds(chosen: np.ndarray) -> dict[float, float]:
+        trials = make_trials({keys[i]: speakers[i] for i in np.flatnonzero(chosen)}, MAX_GENERATED_TRIALS, 0,
+                             cross_session=True)
+        labels, first, second = (np.array(column) for column in zip(*trials))
+        first, second = (np.array([row[key] for key in column]) for column in (first, second))
+        summary = OperatingPointSummary.from_scores(scores[first, second].astype(np.float64), labels.astype(bool))
+        return {far: summary.threshold_for_far(far) for far in TARGETS}
+
+    everyone = thresholds(np.ones(len(keys), bool))
+    print(f"simulated: {draws} random draws of {domain} calibration speakers (the trial list and threshold of "
+          f"`calibrate --data`), realised FAR on every pair of the other speakers")
+    print(f"{'calibration speakers':<40} {'asked':>6} {'median':>8} {'10-90 % of draws':>18}  within 2x of asked")
+    rng = np.random.default_rng(seed)
+    for count in (10, 20):
+        found = {far: [] for far in TARGETS}
+        reference = {far: [] for far in TARGETS}
+        for _ in range(draws):
+            chosen = np.isin(speakers, rng.choice(names, count, replace=False))
+            others = np.sort(nontargets(~chosen))
+            drawn = thresholds(chosen)
+            for far in TARGETS:
+                for out, where in ((found, drawn[far]), (reference, everyone[far])):
+                    out[far].append(1 - np.searchsorted(others, where, side="left") / len(others))
+        for far, (low, high) in TARGETS.items():
+            for label, values in ((f"{count} drawn", found[far]),
+                                  (f"oracle: all {len(names)}, tests among them", reference[far])):
+                values = np.asarray(values)
+                share = np.mean((values >= low) & (values <= high))
+                print(f"{label:<40} {far:>6g} {100 * np.median(values):>7.3f}% "
+                      f"{f'{100 * np.quantile(values, 0.1):.3f} .. {100 * np.quantile(values, 0.9):.3f} %':>18}  "
+                      f"{100 * share:.0f} %")
 
 
 if __name__ == "__main__":
