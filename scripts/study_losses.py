@@ -124,7 +124,8 @@ def run_one(name: str, seed: int, settings: Any, data: Any, lists: dict, out: Pa
     started = time.perf_counter()
     config = training_config(settings, data, run_dir / "exp", seed, loss=LOSSES[name], validate=False)
     config.train.progress = False
-    model = load_model(train(config) / "model")
+    interrupted = (run_dir / "exp" / "checkpoints" / "last.pt").is_file()  # a run cut off before its scores
+    model = load_model(train(config, resume=interrupted) / "model")
     trained = time.perf_counter() - started
     scores = {}
     for list_name, (trials, paths) in lists.items():
