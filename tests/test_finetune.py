@@ -195,3 +195,22 @@ def test_interpolation_is_a_weight_space_ensemble_with_the_initial_model(corpus,
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match=r"--interpolation must be in \(0, 1\]"):
             finetune(model, data, tmp_path / "refused", FinetuneConfig(interpolation=bad))
+
+
+def test_ge2e_gets_its_own_finetune_defaults_and_given_options_win(tmp_path):
+    from speakertrip.commands.finetune import encoder_of
+    from speakertrip.training.finetune_config import ENCODER_DEFAULTS, FinetuneConfig
+
+    assert encoder_of("resemblyzer") == "ge2e"
+    artifact = tmp_path / "model"
+    artifact.mkdir()
+    (artifact / "config.yaml").write_text("encoder:\n  name: ecapa\n  options: {}\n")
+    assert encoder_of(str(artifact)) == "ecapa"
+    (artifact / "config.yaml").write_text("encoder: [not, a, mapping\n")
+    assert encoder_of(str(artifact)) is None  # unreadable: load_model names the problem later
+    assert encoder_of("speechbrain/spkrec-ecapa-voxceleb") is None
+    ge2e = FinetuneConfig.for_encoder("ge2e", lr=5e-4)
+    assert ge2e.lr == 5e-4 and ge2e.freeze_layers == 3 and ge2e.crop_seconds == 1.6 and ge2e.steps == 100
+    assert all(getattr(FinetuneConfig.for_encoder("ge2e"), key) == value
+               for key, value in ENCODER_DEFAULTS["ge2e"].items())
+    assert FinetuneConfig.for_encoder("ecapa") == FinetuneConfig() == FinetuneConfig.for_encoder(None)

@@ -32,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-dev-trials", type=int, default=defaults.max_dev_trials,
                         help="at most this many dev trials, up to half of them target pairs "
                              f"(default {defaults.max_dev_trials})")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"at most this many steps (default {defaults.steps})")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate (default {defaults.lr})")
+    parser.add_argument("--steps", type=int, help=f"at most this many steps (default {_default('steps')})")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate (default {_default('lr')})")
     parser.add_argument("--min-lr", type=float, default=defaults.min_lr,
                         help=f"the cosine schedule's floor, at most --lr (default {defaults.min_lr})")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
@@ -44,11 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"P (default {defaults.speakers_per_batch}, at most the training speakers)")
     parser.add_argument("--utterances-per-speaker", type=int, default=defaults.utterances_per_speaker,
                         help=f"K (default {defaults.utterances_per_speaker})")
-    parser.add_argument("--crop-seconds", type=float, default=defaults.crop_seconds)
+    parser.add_argument("--crop-seconds", type=float, help=f"training crops (default {_default('crop_seconds')})")
     parser.add_argument("--margin", type=float, default=defaults.margin,
                         help=f"triplet margin on squared distances (default {defaults.margin})")
-    parser.add_argument("--freeze-layers", type=int, default=defaults.freeze_layers,
-                        help="keep the first N frame-level encoder layers as they are (default 0)")
+    parser.add_argument("--freeze-layers", type=int,
+                        help=f"keep the first N frame-level encoder layers as they are (default {_default('freeze_layers')})")
     parser.add_argument("--freeze-statistics", action=argparse.BooleanOptionalAction,
                         default=defaults.freeze_statistics,
                         help="BatchNorm layers in inference mode while fine-tuning: the pretrained statistics "
@@ -63,10 +63,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the final weights: initial + INTERPOLATION x (fine-tuned - initial), a weight-space "
                              "ensemble (WiSE-FT) that forgets less; 1 keeps the fine-tuned weights "
                              f"(default {defaults.interpolation})")
-    parser.add_argument("--validate-every", type=int, default=defaults.validate_every,
-                        help=f"steps between dev validations and snapshots (default {defaults.validate_every})")
-    parser.add_argument("--patience", type=int, default=defaults.patience,
-                        help=f"stop after this many validations without a better dev EER (default {defaults.patience})")
+    parser.add_argument("--validate-every", type=int,
+                        help=f"steps between dev validations and snapshots (default {_default('validate_every')})")
+    parser.add_argument("--patience", type=int,
+                        help=f"stop after this many validations without a better dev EER (default {_default('patience')})")
     parser.add_argument("--average-last", type=int, default=defaults.average_last,
                         help=f"snapshots up to the best one averaged into the model (default {defaults.average_last})")
     parser.add_argument("--seed", type=int, default=defaults.seed)
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from speakertrip.training.finetune import finetune
     from speakertrip.training.finetune_config import FinetuneConfig
 
-    config = FinetuneConfig(
+    options = dict(
         steps=args.steps, lr=args.lr, min_lr=args.min_lr, warmup=args.warmup, weight_decay=args.weight_decay,
         speakers_per_batch=args.speakers_per_batch, utterances_per_speaker=args.utterances_per_speaker,
         crop_seconds=args.crop_seconds, margin=args.margin, freeze_layers=args.freeze_layers,
@@ -90,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         interpolation=args.interpolation, validate_every=args.validate_every, patience=args.patience,
         average_last=args.average_last, seed=args.seed, device=args.device, workers=args.workers,
         progress=not args.no_progress)
+    config = FinetuneConfig.for_encoder(encoder_of(args.model),
+                                        **{name: value for name, value in options.items() if value is not None})
     from speakertrip.tables import format_fields
     from speakertrip.training.trainer import SUMMARY_FILE
 
@@ -103,3 +105,27 @@ def run(args: argparse.Namespace) -> int:
             ("model", str(result.model_dir))]
     print(format_fields(rows))
     return 0
+
+
+def _default(field: str) -> str:
+    """An option's default in the help: the class default, and where an encoder has its own, that one too."""
+    from speakertrip.training.finetune_config import ENCODER_DEFAULTS, FinetuneConfig
+
+    own = [f"{encoder.upper()}: {values[field]}" for encoder, values in ENCODER_DEFAULTS.items() if field in values]
+    return f"{getattr(FinetuneConfig(), field)}" + "".join(f"; {text}" for text in own)
+
+
+def encoder_of(model: str) -> str | None:
+    """The encoder name of ``--model`` without loading it: ``ge2e`` for ``resemblyzer``, an artifact's
+    ``encoder.name``, None for anything else (a hub id: its defaults are the class defaults)."""
+    import yaml
+
+    if model == "resemblyzer" and not Path(model).exists():
+        return "ge2e"
+    config = Path(model) / "config.yaml"
+    try:
+        data = yaml.safe_load(config.read_text()) if config.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None  # load_model names the problem
+    encoder = data.get("encoder") if isinstance(data, dict) else None
+    return encoder.get("name") if isinstance(encoder, dict) and isinstance(encoder.get("name"), str) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from speakertrip.errors import ConfigError
 from speakertrip.training.domains import check_domain
@@ -18,6 +19,13 @@ TRAIN_KEYS = {"steps": "train.steps", "lr": "optim.lr", "min_lr": "schedule.min_
               "weight_decay": "optim.weight_decay", "speakers_per_batch": "loss.p", "utterances_per_speaker": "loss.k",
               "crop_seconds": "data.crop_seconds", "interpolation": "model.interpolation",
               "validate_every": "data.batches_per_epoch", "seed": "train.seed", "workers": "data.workers"}
+
+# Defaults that differ by encoder. GE2E (Resemblyzer's LSTM, trained on real speech, no BatchNorm): only its
+# projection learns, at a higher rate, on crops of one GE2E window; chosen on three splits of the real dev voices
+# (scripts/bench_finetune.py --model resemblyzer; recipes/finetune/README.md).
+ENCODER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ge2e": {"steps": 100, "lr": 1e-3, "freeze_layers": 3, "crop_seconds": 1.6, "validate_every": 25, "patience": 2},
+}
 
 
 @dataclass
@@ -69,6 +77,16 @@ class FinetuneConfig:
     device: str = "auto"
     workers: int = 2
     progress: bool = True
+
+    @classmethod
+    def for_encoder(cls, encoder: str | None, **options: Any) -> FinetuneConfig:
+        """The defaults for ``encoder`` (an encoder name such as ``"ge2e"``; others and None: the class defaults)
+        with ``options`` on top.
+
+        >>> FinetuneConfig.for_encoder("ge2e", steps=50).lr, FinetuneConfig.for_encoder("ecapa").lr
+        (0.001, 0.0002)
+        """
+        return cls(**{**ENCODER_DEFAULTS.get(encoder or "", {}), **options})
 
 
 def option_name(field: str) -> str:
