@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the corpus into OUT/realvoices unless --realvoices is given")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, help="training steps of every run (default 150; --quick 4)")
+    parser.add_argument("--channels", type=int, help="ECAPA width of every run (default 64, the size the published "
+                        "table was run at; --quick: the quick demo's)")
     parser.add_argument("--losses", nargs="*", choices=sorted(LOSSES), metavar="NAME",
                         help=f"a subset of: {', '.join(LOSSES)}")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
     from speakertrip.demo import FULL, QUICK, prepare_data
 
     demo = QUICK if args.quick else FULL
-    settings = dataclasses.replace(demo, steps=args.steps)
+    settings = dataclasses.replace(demo, steps=args.steps, channels=args.channels or (demo.channels if args.quick else 64))
     args.out.mkdir(parents=True, exist_ok=True)
     espeak = prepare_data(demo, args.out / "synth", seed=0, progress=False)
     lists = trial_lists(args, espeak)
