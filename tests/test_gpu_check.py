@@ -84,7 +84,7 @@ def test_no_time_left_skips_with_a_row(tmp_path):
 def test_the_sections_fit_the_default_budget(tmp_path, smoke):
     sections = [*gpu_check.bench_sections(tmp_path, smoke, True, 16), gpu_check.gpu_tests_section(tmp_path),
                 gpu_check.corpus_section(tmp_path, smoke), gpu_check.train_section(tmp_path, smoke, True, 16)]
-    assert sum(section.cap for section in sections) <= 470 + (15 if smoke else 0)
+    assert sum(section.cap for section in sections) <= (gpu_check.SMOKE_BUDGET if smoke else gpu_check.BUDGET)
     names = [section.name for section in sections]
     assert names[0] == "bench loader" and names[-1] == "real train"  # the benchmarks first
     assert all(("+compile" in name) == ("compile" in name) for name in names)

@@ -106,6 +106,7 @@ class SqliteStore(EnrolmentStore):
         self._closed = False
         self.idle_checkpoint = idle_checkpoint
         self._timer: threading.Timer | None = None
+        self._checkpointing = threading.Lock()  # held through an idle checkpoint: close() waits for it
         try:
             self._open(model_identity, embedding_dim)
         except BaseException:
@@ -334,17 +335,18 @@ class SqliteStore(EnrolmentStore):
 
     def _checkpoint(self) -> None:
         """A passive checkpoint on a connection of its own (never inside another thread's transaction)."""
-        try:
-            with self._lock:
-                if self._closed:
-                    return
-                db = sqlite3.connect(str(self.path), timeout=1, isolation_level=None)
+        with self._checkpointing:
             try:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            finally:
-                db.close()
-        except sqlite3.Error:
-            pass  # busy or gone: the next write, or close(), checkpoints
+                with self._lock:
+                    if self._closed:
+                        return
+                    db = sqlite3.connect(str(self.path), timeout=1, isolation_level=None)
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    db.close()
+            except sqlite3.Error:
+                pass  # busy or gone: the next write, or close(), checkpoints
 
     def close(self) -> None:
         """Close every thread's connection, folding the write-ahead log into the file first (a later
@@ -353,6 +355,8 @@ class SqliteStore(EnrolmentStore):
             connections, self._connections, self._closed = self._connections, [], True
             if self._timer is not None:
                 self._timer.cancel()
+        with self._checkpointing:  # a checkpoint already running finishes first: its connection must not
+            pass                   # outlive ours, or the log would stay beside the file when this process exits
         if connections and not self.read_only:
             try:
                 connections[0].execute("PRAGMA wal_checkpoint(TRUNCATE)")
