@@ -95,6 +95,7 @@ def test_enroll_verify_identify_delete_match_the_verifier_in_process(client, ser
     health = httpx.get(f"{server.url}/health").json()  # no token needed
     assert health["status"] == "ok" and health["model"] == local.model.identity
     assert health["speakers"] == len(names(client))
+    local.close()  # this process's connection to the server's store: open, it would keep the log beside the file
 
 
 def test_bad_audio_is_400_naming_the_part_and_changes_nothing(client, tmp_path):
