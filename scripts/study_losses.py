@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
     from speakertrip.demo import FULL, QUICK, prepare_data
 
     demo = QUICK if args.quick else FULL
-    settings = dataclasses.replace(demo, steps=args.steps, channels=args.channels or (demo.channels if args.quick else 64))
+    channels = args.channels or (demo.channels if args.quick else 64)
+    settings = dataclasses.replace(demo, steps=args.steps, channels=channels)
     args.out.mkdir(parents=True, exist_ok=True)
     espeak = prepare_data(demo, args.out / "synth", seed=0, progress=False)
     lists = trial_lists(args, espeak)

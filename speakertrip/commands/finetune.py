@@ -47,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--crop-seconds", type=float, help=f"training crops (default {_default('crop_seconds')})")
     parser.add_argument("--margin", type=float, default=defaults.margin,
                         help=f"triplet margin on squared distances (default {defaults.margin})")
-    parser.add_argument("--freeze-layers", type=int,
-                        help=f"keep the first N frame-level encoder layers as they are (default {_default('freeze_layers')})")
+    parser.add_argument("--freeze-layers", type=int, help="keep the first N frame-level encoder layers as they are "
+                                                          f"(default {_default('freeze_layers')})")
     parser.add_argument("--freeze-statistics", action=argparse.BooleanOptionalAction,
                         default=defaults.freeze_statistics,
                         help="BatchNorm layers in inference mode while fine-tuning: the pretrained statistics "
@@ -65,8 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              f"(default {defaults.interpolation})")
     parser.add_argument("--validate-every", type=int,
                         help=f"steps between dev validations and snapshots (default {_default('validate_every')})")
-    parser.add_argument("--patience", type=int,
-                        help=f"stop after this many validations without a better dev EER (default {_default('patience')})")
+    parser.add_argument("--patience", type=int, help="stop after this many validations without a better dev EER "
+                                                     f"(default {_default('patience')})")
     parser.add_argument("--average-last", type=int, default=defaults.average_last,
                         help=f"snapshots up to the best one averaged into the model (default {defaults.average_last})")
     parser.add_argument("--seed", type=int, default=defaults.seed)
