@@ -255,12 +255,13 @@ class InferenceEcapa(nn.Module):
             x = block(x, taps_for(block), weights[:, None, :])
             outputs.append(x)
         x = self.mfa(torch.cat(outputs, dim=2))
-        return self._pool(x.float(), weights[..., None].float(), mask)
+        return self._pool(x, weights[..., None].float(), mask)
 
     def _pool(self, x: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Attentive statistics pooling, asp_bn and fc, in float32 (the GEMMs in the layers' precision):
-        x (B, T, C) → (B, D)."""
-        hidden = self.attention(x)
+        x (B, T, C) in the layers' dtype → (B, D)."""
+        hidden = self.attention(x).float()  # its GEMM reads x in the layers' dtype: no cast of x there and back
+        x = x.float()
         if self.context is not None:
             statistics = _weighted_statistics(x, weights, self.eps, self.precision == "float32")
             hidden = hidden.add_(self.context(torch.cat(statistics, dim=1))[:, None])
