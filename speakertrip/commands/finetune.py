@@ -120,7 +120,9 @@ def encoder_of(model: str) -> str | None:
     ``encoder.name``, None for anything else (a hub id: its defaults are the class defaults)."""
     import yaml
 
-    if model == "resemblyzer" and not Path(model).exists():
+    from speakertrip.models.resemblyzer import is_resemblyzer
+
+    if is_resemblyzer(model):
         return "ge2e"
     config = Path(model) / "config.yaml"
     try:
