@@ -8,16 +8,19 @@ rounding, ~1e-6 on unit embeddings) for a padded batch as if every row ran alone
   frame followed by one GEMM; the gather index mirrors each row about its own last valid frame
   and is built once per (kernel, dilation), shared by all the convolutions that use it;
 - batch norm after ReLU becomes one fused scale-and-shift (``addcmul``); the last one (``asp_bn``)
-  is folded into the final linear layer;
+  is folded into the final linear layer, and the MFA layer's is never applied to its (B, T, 1536)
+  output: it is folded into the attention's first layer and applied to the pooled statistics
+  (per channel: mean → scale · mean + shift, std → |scale| · std);
 - the attention's global context ``W [x; mean; std]`` is split into ``W_x x`` and a per-utterance
   constant, saving two thirds of that layer's multiply-adds;
 - masks and means use integer frame lengths, so no padded frame reaches a valid one.
 
 Every GEMM is a :class:`Dense` layer, so the copy can compute in another precision
-(:data:`PRECISIONS`): ``bfloat16`` keeps the blocks' weights and activations in bfloat16 (the
-pooling statistics and softmax stay float32), ``int8`` quantises each weight matrix per output
-channel and each input on the fly (dynamic quantisation); :mod:`speakertrip.models.backends`
-measures what each costs in accuracy and chooses among them.
+(:data:`PRECISIONS`): ``bfloat16`` keeps weights and activations in bfloat16 (on a CPU each GEMM
+runs in oneDNN with its bias and ReLU fused; the pooling's exponentials and weighted sums run in
+bfloat16 on frames centred on their mean, accumulated in float32), ``int8`` quantises each weight
+matrix per output channel and each input on the fly (dynamic quantisation);
+:mod:`speakertrip.models.backends` measures what each costs in accuracy and chooses among them.
 
 :func:`inference_model` returns (and caches) the optimised copy of an ``EmbeddingModel`` whose
 encoder is ECAPA, or None for other encoders; :mod:`speakertrip.models.batched` uses it when it can.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -66,34 +70,61 @@ def _affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, norm.bias - norm.running_mean * scale
 
 
+def _onednn_linear() -> Callable | None:
+    """oneDNN's linear layer with bias and ReLU fused (what torch's compiler calls on CPU), or None where torch
+    lacks it: one pass over the output where ``F.linear`` then ``relu_`` take three (bias copy, GEMM, ReLU)."""
+    linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if linear is None or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        x, weight = torch.ones(2, 3, dtype=torch.bfloat16), torch.ones(4, 3, dtype=torch.bfloat16)
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 2)
+        ok = torch.equal(linear(x, packed, None, "relu", [], "").float(), torch.full((2, 4), 3.0))
+    except (RuntimeError, TypeError, AttributeError):
+        return None
+    return linear if ok else None
+
+
+_ONEDNN_LINEAR = _onednn_linear()
+
+
 class Dense(nn.Module):
-    """``y = x W^T + b`` in a chosen precision; the output has the input's dtype.
+    """``y = x W^T + b`` (then ReLU if ``relu``) in a chosen precision; the output has the input's dtype.
 
     forward(x (..., in)) -> (..., out). ``float32`` / ``bfloat16`` keep ``W`` in that dtype (the
-    input is cast to it); ``int8`` keeps ``W`` quantised per output channel (symmetric) and
-    quantises each input tensor on the fly (torch's dynamic quantised linear, oneDNN's kernels
-    where torch has them).
+    input is cast to it); on a CPU, ``bfloat16`` also keeps ``W`` packed for oneDNN's AMX / AVX512
+    kernels and runs bias and ReLU inside the GEMM (``float32`` stays on ``F.linear``: no faster
+    there). ``int8`` keeps ``W`` quantised per output channel (symmetric) and quantises each input
+    tensor on the fly (torch's dynamic quantised linear, oneDNN's kernels where torch has them).
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "float32"):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "float32",
+                 relu: bool = False):
         super().__init__()
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-        self.precision, self.out_features = precision, weight.shape[0]
+        self.precision, self.out_features, self.relu = precision, weight.shape[0], relu
         weight = weight.detach().float()
         bias = None if bias is None else bias.detach().float()
-        self.packed = None
+        self.packed = self.onednn = None
         if precision == "int8":
             self.packed, self.reduce_range = _prepack_int8(weight, bias)
             weight = bias = None
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.register_buffer("weight", None if weight is None else weight.to(dtype).clone())
         self.register_buffer("bias", None if bias is None else bias.to(dtype).clone())
+        if precision == "bfloat16" and _ONEDNN_LINEAR is not None and self.weight.device.type == "cpu":
+            self.onednn = torch.ops.mkldnn._reorder_linear_weight(self.weight, 1024)  # ~1000 frames a batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn is not None and x.device.type == "cpu":
+            return _ONEDNN_LINEAR(x.to(self.weight.dtype), self.onednn, self.bias, "relu" if self.relu else "none",
+                                  [], "").to(x.dtype)
         if self.packed is not None:
-            return torch.ops.quantized.linear_dynamic(x.float(), self.packed, self.reduce_range).to(x.dtype)
-        return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+            y = torch.ops.quantized.linear_dynamic(x.float(), self.packed, self.reduce_range).to(x.dtype)
+        else:
+            y = F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+        return y.relu_() if self.relu else y
 
 
 def _prepack_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
@@ -121,16 +152,18 @@ def _prepack_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torc
 class FoldedTdnn(nn.Module):
     """SpeechBrain's TDNNBlock (conv → ReLU → batch norm) on time-major input.
 
-    forward(x (B, frames, C_in), taps (B, frames, k) | None) -> (B, frames, C_out)
+    forward(x (B, frames, C_in), taps (B, frames, k) | None) -> (B, frames, C_out); with
+    ``affine=False`` the batch norm is left to the consumer (buffers ``scale``, ``shift``).
     """
 
-    def __init__(self, block: nn.Module, precision: str = "float32"):
+    def __init__(self, block: nn.Module, precision: str = "float32", affine: bool = True):
         super().__init__()
+        self.affine = affine
         conv = block.conv.conv
         self.kernel_size, self.dilation = conv.kernel_size[0], conv.dilation[0]
         # (out, in, k) → (out, k·in): tap-major, matching the gathered (frames, k, in) layout
         weight = conv.weight.detach().permute(0, 2, 1).reshape(conv.out_channels, -1)
-        self.linear = Dense(weight, conv.bias, precision)
+        self.linear = Dense(weight, conv.bias, precision, relu=True)
         scale, shift = _affine(block.norm)
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.register_buffer("scale", scale.detach().to(dtype).clone())
@@ -140,11 +173,13 @@ class FoldedTdnn(nn.Module):
         if self.kernel_size > 1:
             rows = torch.arange(x.shape[0], device=x.device)[:, None, None]
             x = x[rows, taps].flatten(2)
-        return torch.addcmul(self.shift, self.linear(x).relu_(), self.scale)
+        if not self.affine:
+            return self.linear(x)
+        return torch.addcmul(self.shift, self.linear(x), self.scale)
 
 
 def _dense(conv: nn.Module | None, precision: str, scale: torch.Tensor | None = None,
-           shift: torch.Tensor | None = None) -> Dense | None:
+           shift: torch.Tensor | None = None, relu: bool = False) -> Dense | None:
     """A 1×1 convolution as a :class:`Dense` layer (None: no layer).
 
     ``scale`` and ``shift`` fold a per-input-channel affine map applied before the layer.
@@ -155,24 +190,7 @@ def _dense(conv: nn.Module | None, precision: str, scale: torch.Tensor | None = 
     weight, bias = conv.weight.detach()[..., 0], conv.bias.detach()
     if scale is not None:
         weight, bias = weight * scale, bias + weight @ shift
-    return Dense(weight, bias, precision)
-
-
-def _weighted_statistics(x: torch.Tensor, weights: torch.Tensor, eps: float,
-                         centred: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean and standard deviation over time: x (B, T, C), weights (B, T, 1 or C) summing to 1 over T
-    → two (B, C). ``centred=False`` takes the variance as E[x²] - mean² (two passes over x instead of
-    four, ~2e-5 from the centred sum on unit embeddings: for the low-precision copies only)."""
-    if centred:
-        mean = (weights * x).sum(dim=1)
-        return mean, (weights * (x - mean[:, None]).square()).sum(dim=1).clamp(min=eps).sqrt()
-    if weights.shape[2] == 1:  # one weight per frame: two matrix products
-        per_frame = weights.transpose(1, 2)
-        mean, second = torch.bmm(per_frame, x)[:, 0], torch.bmm(per_frame, x.square())[:, 0]
-    else:
-        weighted = weights * x
-        mean, second = weighted.sum(dim=1), (weighted * x).sum(dim=1)
-    return mean, (second - mean.square()).clamp(min=eps).sqrt()
+    return Dense(weight, bias, precision, relu)
 
 
 class FoldedSERes2Net(nn.Module):
@@ -187,7 +205,7 @@ class FoldedSERes2Net(nn.Module):
         self.res2net = nn.ModuleList(FoldedTdnn(b, precision) for b in block.res2net_block.blocks)
         self.scale = block.res2net_block.scale
         self.kernel_size, self.dilation = self.res2net[0].kernel_size, self.res2net[0].dilation
-        self.se1 = _dense(block.se_block.conv1, precision)
+        self.se1 = _dense(block.se_block.conv1, precision, relu=True)
         self.se2 = _dense(block.se_block.conv2, precision)
         self.shortcut = _dense(block.shortcut, precision)
 
@@ -199,7 +217,7 @@ class FoldedSERes2Net(nn.Module):
             outputs.append(conv(chunk if len(outputs) == 1 else chunk + outputs[-1], taps))
         x = self.tdnn2(torch.cat(outputs, dim=2))
         squeezed = torch.bmm(weights, x)[:, 0]  # mean over valid frames, (B, C)
-        excite = torch.sigmoid(self.se2(self.se1(squeezed).relu_()))
+        excite = torch.sigmoid(self.se2(self.se1(squeezed)))
         return torch.addcmul(residual, x, excite[:, None, :])
 
 
@@ -217,18 +235,26 @@ class InferenceEcapa(nn.Module):
         self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.layer0 = FoldedTdnn(encoder.blocks[0], precision)
         self.blocks = nn.ModuleList(FoldedSERes2Net(block, precision) for block in encoder.blocks[1:])
-        self.mfa = FoldedTdnn(encoder.mfa, precision)
+        self.mfa = FoldedTdnn(encoder.mfa, precision, affine=False)
+        mfa_scale, mfa_shift = _affine(encoder.mfa.norm)
+        self.register_buffer("mfa_scale", mfa_scale.detach().float().clone())
+        self.register_buffer("mfa_shift", mfa_shift.detach().float().clone())
         asp = encoder.asp
         self.global_context, self.eps = asp.global_context, asp.eps
         tdnn = asp.tdnn.conv.conv  # the attention TDNN (1×1); its batch norm stays an affine map in float32
         weight, channels = tdnn.weight.detach()[..., 0], encoder.mfa.conv.conv.out_channels
-        self.attention = Dense(weight[:, :channels], tdnn.bias, precision)
+        weight_x = weight[:, :channels]  # reads the MFA output before its batch norm: the norm folded in
+        self.attention = Dense(weight_x * mfa_scale, tdnn.bias + weight_x @ mfa_shift, precision)
         # W [x; mean; std] = W_x x + (W_mean mean + W_std std), the latter one constant per row
         self.context = Dense(weight[:, channels:], None, precision) if self.global_context else None
         scale, shift = _affine(asp.tdnn.norm)
         self.register_buffer("attention_scale", scale.detach().clone())
         self.register_buffer("attention_shift", shift.detach().clone())
-        self.attention_conv = _dense(asp.conv, precision)
+        conv_weight, conv_bias = asp.conv.conv.weight.detach()[..., 0], asp.conv.conv.bias.detach()
+        # softmax over time ignores a per-channel constant: drop the bias; then |score| <= the row's L1 norm
+        # (tanh inputs), so exp() needs no running maximum when that bound is small
+        self.bounded = precision != "float32" and float(conv_weight.abs().sum(dim=1).max()) <= 40.0
+        self.attention_conv = Dense(conv_weight, None if self.bounded else conv_bias, precision)
         self.fc = _dense(encoder.fc, precision, *_affine(encoder.asp_bn))  # asp_bn folded into fc
 
     def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -257,35 +283,64 @@ class InferenceEcapa(nn.Module):
         x = self.mfa(torch.cat(outputs, dim=2))
         return self._pool(x, weights[..., None].float(), mask)
 
-    def _pool(self, x: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Attentive statistics pooling, asp_bn and fc, in float32 (the GEMMs in the layers' precision):
-        x (B, T, C) in the layers' dtype → (B, D)."""
-        hidden = self.attention(x).float()  # its GEMM reads x in the layers' dtype: no cast of x there and back
-        x = x.float()
+    def _pool(self, r: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attentive statistics pooling, asp_bn and fc: r (B, T, C) = ReLU of the MFA layer, in the layers'
+        dtype (its batch norm x = r * scale + shift is applied to the statistics, never to r) → (B, D)."""
+        hidden = self.attention(r).float()
+        low = self.precision != "float32"
+        if low:
+            centre, centred = _centred(r, weights.to(r.dtype))
         if self.context is not None:
-            statistics = _weighted_statistics(x, weights, self.eps, self.precision == "float32")
-            hidden = hidden.add_(self.context(torch.cat(statistics, dim=1))[:, None])
+            moments = _uniform_moments_low(centre, centred, weights.to(r.dtype)) if low else _moments(r, weights)
+            hidden = hidden.add_(self.context(torch.cat(self._normalised(*moments), dim=1))[:, None])
         hidden = torch.addcmul(self.attention_shift, hidden.relu_(), self.attention_scale).tanh_()
-        scores = self.attention_conv(hidden).masked_fill_(~mask[..., None], float("-inf"))
-        if self.precision == "float32":
-            mean, std = _weighted_statistics(x, scores.softmax(dim=1), self.eps)
+        if low:
+            scores = self.attention_conv(hidden.to(r.dtype))
+            moments = _softmax_moments_low(centre, centred, scores, mask, self.bounded)
         else:
-            mean, std = _softmax_statistics(x, scores, self.eps)
-        return self.fc(torch.cat([mean, std], dim=1))
+            scores = self.attention_conv(hidden).masked_fill_(~mask[..., None], float("-inf"))
+            moments = _moments(r, scores.softmax(dim=1))
+        return self.fc(torch.cat(self._normalised(*moments), dim=1))
+
+    def _normalised(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of x = r * scale + shift from r's mean and variance: two (B, C)."""
+        return (torch.addcmul(self.mfa_shift, mean, self.mfa_scale),
+                (var * self.mfa_scale.square()).clamp_(min=self.eps).sqrt_())
 
 
-def _softmax_statistics(x: torch.Tensor, scores: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation over time of x (B, T, C) weighted by ``softmax(scores, dim=1)`` → two (B, C),
-    for the low-precision copies: the exponentials are normalised once per channel after the sums, in place in
-    ``scores`` (which this consumes), three passes over (B, T, C) where softmax then weighting take seven (the
-    attentive pooling was 40 % of a bfloat16 ECAPA-512 forward; this halves its statistics). Variance as
-    E[x²] − mean² (as ``_weighted_statistics(centred=False)``)."""
-    weights = scores.sub_(scores.amax(dim=1, keepdim=True)).exp_()
-    total = weights.sum(dim=1)
-    weighted = weights.mul_(x)
-    mean = weighted.sum(dim=1).div_(total)
-    second = weighted.mul_(x).sum(dim=1).div_(total)
-    return mean, (second - mean.square()).clamp(min=eps).sqrt()
+def _moments(r: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 weighted mean and centred variance over time: r (B, T, C), weights (B, T, 1 or C) → two (B, C)."""
+    r = r.float()
+    mean = (weights * r).sum(dim=1)
+    return mean, (weights * (r - mean[:, None]).square()).sum(dim=1)
+
+
+def _centred(r: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """r's mean over valid frames (B, 1, C) and r minus it (B, T, C), in r's dtype; weights (B, T, 1)."""
+    centre = torch.bmm(weights.transpose(1, 2), r)
+    return centre, r - centre
+
+
+def _uniform_moments_low(centre: torch.Tensor, centred: torch.Tensor,
+                         weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 mean and variance over valid frames from :func:`_centred` (centred: no cancellation in bfloat16)."""
+    per_frame = weights.transpose(1, 2)
+    shift = torch.bmm(per_frame, centred)[:, 0].float()  # what rounding the centre left
+    second = torch.bmm(per_frame, centred.square())[:, 0].float()
+    return centre[:, 0].float() + shift, second - shift.square()
+
+
+def _softmax_moments_low(centre: torch.Tensor, centred: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
+                         bounded: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 mean and variance of r = centre + centred over time weighted by softmax(scores, dim=1) (consumed)."""
+    if not bounded:
+        scores = scores.sub_(scores.masked_fill(~mask[..., None], float("-inf")).amax(dim=1, keepdim=True))
+    weights = scores.exp_().masked_fill_(~mask[..., None], 0)
+    total = weights.sum(dim=1).float()
+    weighted = weights.mul_(centred)
+    shift = weighted.sum(dim=1).float().div_(total)
+    second = weighted.mul_(centred).sum(dim=1).float().div_(total)
+    return centre[:, 0].float() + shift, second - shift.square()
 
 
 class InferenceModel(nn.Module):
