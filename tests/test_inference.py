@@ -6,7 +6,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from speakertrip.models import EmbeddingModel
 from speakertrip.models.batched import embed_many
 from speakertrip.features import FeatureConfig
-from speakertrip.models.inference_ecapa import InferenceEcapa, inference_model, reflect_taps
+from speakertrip.models.inference_ecapa import InferenceEcapa, inference_model, reflect_edges, reflect_taps
 from speakertrip.testing import randomise_batch_norms, speech_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,6 +23,24 @@ def test_reflect_taps_match_padding_each_row_alone():
             for t in range(n):
                 expected = [padded[t + j * dilation] for j in range(kernel)]
                 assert taps[row, t].tolist() == expected, (kernel, dilation, row, t)
+
+
+def test_reflect_edges_make_a_buffer_that_pads_each_row_alone():
+    lengths = torch.tensor([17, 5, 9, 17, 3])
+    for half in (1, 2, 4):
+        edges, sources = reflect_edges(lengths, 17, half)
+        assert edges.shape == sources.shape == (5, 2 * half)
+        buffer = np.full((5, 17 + 2 * half), -1)
+        buffer[:, half: half + 17] = np.arange(17)
+        rows = np.arange(5)[:, None]
+        buffer[rows, edges.numpy()] = buffer[rows, sources.numpy()]
+        for row, n in enumerate(lengths.tolist()):
+            # what one unpadded row convolves (np.pad reflects again when half >= n; the taps clamp instead)
+            expected = np.pad(np.arange(n), half, mode="reflect") if half < n else None
+            if expected is not None:
+                assert buffer[row, : n + 2 * half].tolist() == expected.tolist(), (half, row)
+            taps = reflect_taps(lengths, 17, 3, half)[row, :n]  # every tap of a valid frame agrees
+            np.testing.assert_array_equal(buffer[row, np.arange(n)[:, None] + half * np.arange(3)], taps.numpy())
 
 
 @pytest.mark.parametrize("global_context", [True, False])

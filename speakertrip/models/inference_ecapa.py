@@ -49,6 +49,14 @@ from speakertrip.models.artifact import weights_stamp
 PRECISIONS = ("float32", "bfloat16", "int8")
 
 
+def _reflect(positions: torch.Tensor, lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    """The frame each position (B or 1, ...) reads under reflect padding of each row about frame 0 and
+    about its own last valid frame ``lengths[b] - 1``; clamped into range (frames of padded outputs)."""
+    position = positions.abs()
+    last = (lengths - 1).view(-1, *[1] * (positions.dim() - 1))
+    return torch.where(position > last, 2 * last - position, position).clamp(0, frames - 1)
+
+
 def reflect_taps(lengths: torch.Tensor, frames: int, kernel_size: int, dilation: int) -> torch.Tensor:
     """Source frame of each tap of a "same" reflect-padded convolution, row by row: (B, frames, kernel) int64.
 
@@ -57,10 +65,16 @@ def reflect_taps(lengths: torch.Tensor, frames: int, kernel_size: int, dilation:
     """
     half = dilation * (kernel_size - 1) // 2
     offsets = torch.arange(kernel_size, device=lengths.device) * dilation - half
-    position = (torch.arange(frames, device=lengths.device)[:, None] + offsets)[None].abs()  # (1, frames, k)
-    last = (lengths - 1)[:, None, None]
-    position = torch.where(position > last, 2 * last - position, position)
-    return position.clamp(0, frames - 1)
+    return _reflect((torch.arange(frames, device=lengths.device)[:, None] + offsets)[None], lengths, frames)
+
+
+def reflect_edges(lengths: torch.Tensor, frames: int, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a (B, frames + 2·half, C) buffer holding each row at offset ``half`` needs reflected frames, and
+    which of its frames they copy: two (B, 2·half) int64. The ``half`` frames before each row and the ``half``
+    after its own last valid frame; a "same" convolution over the buffer then sees every row as if alone."""
+    steps = torch.arange(half, device=lengths.device)
+    positions = torch.cat([(steps - half)[None].expand(len(lengths), half), lengths[:, None] + steps], dim=1)
+    return positions + half, _reflect(positions, lengths, frames) + half
 
 
 def _affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,8 +166,11 @@ def _prepack_int8(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torc
 class FoldedTdnn(nn.Module):
     """SpeechBrain's TDNNBlock (conv → ReLU → batch norm) on time-major input.
 
-    forward(x (B, frames, C_in), taps (B, frames, k) | None) -> (B, frames, C_out); with
-    ``affine=False`` the batch norm is left to the consumer (buffers ``scale``, ``shift``).
+    forward(x (B, frames, C_in), taps) -> (B, frames, C_out); with ``affine=False`` the batch norm
+    is left to the consumer (buffers ``scale``, ``shift``). A k-tap layer in float32 or bfloat16 is
+    one 2-D convolution over a reflect-padded copy of x seen channels-last as (B, C_in, 1, frames)
+    (oneDNN's kernels on a CPU; ``taps`` = :func:`reflect_edges`); in int8 it gathers k reflected
+    frames per output frame for one GEMM (``taps`` = :func:`reflect_taps`).
     """
 
     def __init__(self, block: nn.Module, precision: str = "float32", affine: bool = True):
@@ -161,21 +178,42 @@ class FoldedTdnn(nn.Module):
         self.affine = affine
         conv = block.conv.conv
         self.kernel_size, self.dilation = conv.kernel_size[0], conv.dilation[0]
-        # (out, in, k) → (out, k·in): tap-major, matching the gathered (frames, k, in) layout
-        weight = conv.weight.detach().permute(0, 2, 1).reshape(conv.out_channels, -1)
-        self.linear = Dense(weight, conv.bias, precision, relu=True)
-        scale, shift = _affine(block.norm)
+        self.half = self.dilation * (self.kernel_size - 1) // 2
+        self.convolves = self.kernel_size > 1 and precision != "int8"
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        if self.convolves:  # (out, in, k) → (out, in, 1, k), channels-last like its input
+            weight = conv.weight.detach().to(dtype).unsqueeze(2)
+            self.register_buffer("conv_weight", weight.contiguous(memory_format=torch.channels_last))
+            self.register_buffer("conv_bias", conv.bias.detach().to(dtype).clone())
+        else:  # (out, in, k) → (out, k·in): tap-major, matching the gathered (frames, k, in) layout
+            weight = conv.weight.detach().permute(0, 2, 1).reshape(conv.out_channels, -1)
+            self.linear = Dense(weight, conv.bias, precision, relu=True)
+        scale, shift = _affine(block.norm)
         self.register_buffer("scale", scale.detach().to(dtype).clone())
         self.register_buffer("shift", shift.detach().to(dtype).clone())
 
-    def forward(self, x: torch.Tensor, taps: torch.Tensor | None = None) -> torch.Tensor:
-        if self.kernel_size > 1:
-            rows = torch.arange(x.shape[0], device=x.device)[:, None, None]
-            x = x[rows, taps].flatten(2)
-        if not self.affine:
-            return self.linear(x)
-        return torch.addcmul(self.shift, self.linear(x), self.scale)
+    def forward(self, x: torch.Tensor, taps: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        if self.convolves:
+            y = self._convolve(x, *taps)
+        else:
+            if self.kernel_size > 1:
+                rows = torch.arange(x.shape[0], device=x.device)[:, None, None]
+                x = x[rows, taps].flatten(2)
+            y = self.linear(x)
+        return torch.addcmul(self.shift, y, self.scale) if self.affine else y
+
+    def _convolve(self, x: torch.Tensor, edges: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """ReLU(conv(x)) with per-row reflect padding: x (B, T, C_in) → (B, T, C_out), both time-major."""
+        batch, frames, channels = x.shape
+        padded = x.new_empty(batch, frames + 2 * self.half, channels)
+        padded[:, self.half: self.half + frames] = x
+        padded[:, self.half + frames:] = 0  # read only by padded outputs, but those must stay finite
+        rows = torch.arange(batch, device=x.device)[:, None]
+        padded[rows, edges] = padded[rows, sources]
+        y = F.conv2d(padded.transpose(1, 2).unsqueeze(2), self.conv_weight.to(x.dtype), self.conv_bias.to(x.dtype),
+                     dilation=(1, self.dilation))
+        return y.squeeze(2).transpose(1, 2).relu_()
 
 
 def _dense(conv: nn.Module | None, precision: str, scale: torch.Tensor | None = None,
@@ -204,7 +242,9 @@ class FoldedSERes2Net(nn.Module):
         self.tdnn1, self.tdnn2 = FoldedTdnn(block.tdnn1, precision), FoldedTdnn(block.tdnn2, precision)
         self.res2net = nn.ModuleList(FoldedTdnn(b, precision) for b in block.res2net_block.blocks)
         self.scale = block.res2net_block.scale
-        self.kernel_size, self.dilation = self.res2net[0].kernel_size, self.res2net[0].dilation
+        first = self.res2net[0]
+        self.kernel_size, self.dilation, self.half, self.convolves = (first.kernel_size, first.dilation,
+                                                                      first.half, first.convolves)
         self.se1 = _dense(block.se_block.conv1, precision, relu=True)
         self.se2 = _dense(block.se_block.conv2, precision)
         self.shortcut = _dense(block.shortcut, precision)
@@ -265,14 +305,15 @@ class InferenceEcapa(nn.Module):
             lengths = frame_lengths.to(features.device, torch.int64).clamp(1, frames)
         mask = torch.arange(frames, device=features.device)[None] < lengths[:, None]  # (B, T)
         weights = (mask / lengths[:, None]).to(self.dtype)  # mean over valid frames, (B, T)
-        taps: dict[tuple[int, int], torch.Tensor] = {}
+        taps: dict[tuple, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
 
-        def taps_for(layer: nn.Module) -> torch.Tensor | None:
+        def taps_for(layer: nn.Module) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
             if layer.kernel_size == 1:
                 return None
-            key = (layer.kernel_size, layer.dilation)
+            key = (layer.kernel_size, layer.dilation, layer.convolves)
             if key not in taps:
-                taps[key] = reflect_taps(lengths, frames, *key)
+                taps[key] = (reflect_edges(lengths, frames, layer.half) if layer.convolves
+                             else reflect_taps(lengths, frames, layer.kernel_size, layer.dilation))
             return taps[key]
 
         x = self.layer0(features.to(self.dtype), taps_for(self.layer0))
