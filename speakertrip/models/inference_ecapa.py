@@ -192,22 +192,31 @@ class FoldedTdnn(nn.Module):
         self.register_buffer("scale", scale.detach().to(dtype).clone())
         self.register_buffer("shift", shift.detach().to(dtype).clone())
 
-    def forward(self, x: torch.Tensor, taps: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
-                ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, taps: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+                plus: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer applied to ``x + plus`` (``plus`` optional, same shape), written into ``out`` if given."""
         if self.convolves:
-            y = self._convolve(x, *taps)
+            y = self._convolve(x, plus, *taps)
         else:
+            x = x if plus is None else x + plus
             if self.kernel_size > 1:
                 rows = torch.arange(x.shape[0], device=x.device)[:, None, None]
                 x = x[rows, taps].flatten(2)
             y = self.linear(x)
-        return torch.addcmul(self.shift, y, self.scale) if self.affine else y
+        if not self.affine:
+            return y
+        return torch.addcmul(self.shift, y, self.scale, out=out) if out is not None else torch.addcmul(
+            self.shift, y, self.scale)
 
-    def _convolve(self, x: torch.Tensor, edges: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        """ReLU(conv(x)) with per-row reflect padding: x (B, T, C_in) → (B, T, C_out), both time-major."""
+    def _convolve(self, x: torch.Tensor, plus: torch.Tensor | None, edges: torch.Tensor,
+                  sources: torch.Tensor) -> torch.Tensor:
+        """ReLU(conv(x + plus)) with per-row reflect padding: x (B, T, C_in) → (B, T, C_out), both time-major."""
         batch, frames, channels = x.shape
         padded = x.new_empty(batch, frames + 2 * self.half, channels)
-        padded[:, self.half: self.half + frames] = x
+        if plus is None:
+            padded[:, self.half: self.half + frames] = x
+        else:
+            torch.add(x, plus, out=padded[:, self.half: self.half + frames])
         padded[:, self.half + frames:] = 0  # read only by padded outputs, but those must stay finite
         rows = torch.arange(batch, device=x.device)[:, None]
         padded[rows, edges] = padded[rows, sources]
@@ -234,7 +243,7 @@ def _dense(conv: nn.Module | None, precision: str, scale: torch.Tensor | None = 
 class FoldedSERes2Net(nn.Module):
     """SE-Res2Net block: TDNN, Res2Net dilated convolutions, TDNN, squeeze-excitation, residual.
 
-    forward(x (B, T, C), taps (B, T, k), weights (B, 1, T) mask / lengths) -> (B, T, C)
+    forward(x (B, T, C), taps (as :class:`FoldedTdnn`), weights (B, 1, T) mask / lengths) -> (B, T, C)
     """
 
     def __init__(self, block: nn.Module, precision: str = "float32"):
@@ -251,11 +260,12 @@ class FoldedSERes2Net(nn.Module):
 
     def forward(self, x: torch.Tensor, taps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         residual = x if self.shortcut is None else self.shortcut(x)
-        chunks = self.tdnn1(x).chunk(self.scale, dim=2)
-        outputs = [chunks[0]]
-        for conv, chunk in zip(self.res2net, chunks[1:]):
-            outputs.append(conv(chunk if len(outputs) == 1 else chunk + outputs[-1], taps))
-        x = self.tdnn2(torch.cat(outputs, dim=2))
+        x = self.tdnn1(x)
+        chunks = x.chunk(self.scale, dim=2)
+        # each Res2Net output overwrites the chunk it has just read, so x becomes their concatenation
+        for index, conv in enumerate(self.res2net, start=1):
+            conv(chunks[index], taps, plus=chunks[index - 1] if index > 1 else None, out=chunks[index])
+        x = self.tdnn2(x)
         squeezed = torch.bmm(weights, x)[:, 0]  # mean over valid frames, (B, C)
         excite = torch.sigmoid(self.se2(self.se1(squeezed)))
         return torch.addcmul(residual, x, excite[:, None, :])
