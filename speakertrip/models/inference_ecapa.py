@@ -169,8 +169,8 @@ class FoldedTdnn(nn.Module):
     forward(x (B, frames, C_in), taps) -> (B, frames, C_out); with ``affine=False`` the batch norm
     is left to the consumer (buffers ``scale``, ``shift``). A k-tap layer in float32 or bfloat16 is
     one 2-D convolution over a reflect-padded copy of x seen channels-last as (B, C_in, 1, frames)
-    (oneDNN's kernels on a CPU; ``taps`` = :func:`reflect_edges`); in int8 it gathers k reflected
-    frames per output frame for one GEMM (``taps`` = :func:`reflect_taps`).
+    (oneDNN's kernels on a CPU; ``taps``: :func:`reflect_edges` as rows of the flattened buffer);
+    in int8 it gathers k reflected frames per output frame for one GEMM (``taps`` = :func:`reflect_taps`).
     """
 
     def __init__(self, block: nn.Module, precision: str = "float32", affine: bool = True):
@@ -218,10 +218,9 @@ class FoldedTdnn(nn.Module):
         else:
             torch.add(x, plus, out=padded[:, self.half: self.half + frames])
         padded[:, self.half + frames:] = 0  # read only by padded outputs, but those must stay finite
-        rows = torch.arange(batch, device=x.device)[:, None]
-        padded[rows, edges] = padded[rows, sources]
-        y = F.conv2d(padded.transpose(1, 2).unsqueeze(2), self.conv_weight.to(x.dtype), self.conv_bias.to(x.dtype),
-                     dilation=(1, self.dilation))
+        flat = padded.view(-1, channels)
+        flat.index_copy_(0, edges, flat.index_select(0, sources))
+        y = F.conv2d(padded.transpose(1, 2).unsqueeze(2), self.conv_weight, self.conv_bias, dilation=(1, self.dilation))
         return y.squeeze(2).transpose(1, 2).relu_()
 
 
@@ -322,8 +321,11 @@ class InferenceEcapa(nn.Module):
                 return None
             key = (layer.kernel_size, layer.dilation, layer.convolves)
             if key not in taps:
-                taps[key] = (reflect_edges(lengths, frames, layer.half) if layer.convolves
-                             else reflect_taps(lengths, frames, layer.kernel_size, layer.dilation))
+                if layer.convolves:  # as rows of the (B·(frames + 2·half), C) padded buffer
+                    start = (torch.arange(batch, device=lengths.device) * (frames + 2 * layer.half))[:, None]
+                    taps[key] = tuple((start + index).flatten() for index in reflect_edges(lengths, frames, layer.half))
+                else:
+                    taps[key] = reflect_taps(lengths, frames, layer.kernel_size, layer.dilation)
             return taps[key]
 
         x = self.layer0(features.to(self.dtype), taps_for(self.layer0))
