@@ -3,17 +3,18 @@
 Every backend maps ``(waveforms (B, T), lengths (B,))`` to L2-normalised ``(B, D)`` float32
 embeddings, each row as if it ran alone; they differ in speed and in how close they stay to the
 model computed in float32. The tolerance below bounds the max |difference| of unit embeddings
-measured by ``scripts/bench_embed.py`` (bfloat16: 1e-3 on ECAPA-512 with random weights, 6e-3 on a
-trained 128-d demo ECAPA; int8: 4e-3 and 1e-2); the EER changes are in the README's Speed section
-(bfloat16 none on the demo's held-out list; int8 +0.10 points there, so it is not the default):
+measured by ``scripts/bench_embed.py`` (bfloat16: 1e-3 on ECAPA-512 with random weights, 3e-3 on a
+trained 128-d demo ECAPA; int8: 5e-3 and 7e-3); the EER changes are in the README's Speed section
+(bfloat16 none on the demo's held-out list; int8 +0.05 to +0.10 points there, so it is not the default):
 
 ============  =========================================================================  ===========
 backend       computes                                                                   tolerance
 ============  =========================================================================  ===========
 float32       ECAPA: the frozen inference copy (:mod:`~speakertrip.models.inference_ecapa`);  1e-5
               other encoders: the model itself under exact per-row padding
-bfloat16      the inference copy with its blocks in bfloat16 (pooling in float32); fast    1e-2
-              on CPUs with native bfloat16 (AMX / AVX512-BF16) and on GPUs
+bfloat16      the inference copy in bfloat16 (oneDNN GEMMs and convolutions on a CPU; the  1e-2
+              pooling's weighted sums of frames centred on their mean accumulate in
+              float32); fast on CPUs with native bfloat16 (AMX / AVX512-BF16) and on GPUs
 int8          the inference copy with every weight matrix in int8 (per output channel)    3e-2
               and inputs quantised on the fly (dynamic quantisation)
 onnxruntime   the encoder exported to ONNX and run by ONNX Runtime one segment at a time   1e-5
