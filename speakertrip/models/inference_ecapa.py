@@ -171,9 +171,15 @@ class FoldedTdnn(nn.Module):
     one 2-D convolution over a reflect-padded copy of x seen channels-last as (B, C_in, 1, frames)
     (oneDNN's kernels on a CPU; ``taps``: :func:`reflect_edges` as rows of the flattened buffer);
     in int8 it gathers k reflected frames per output frame for one GEMM (``taps`` = :func:`reflect_taps`).
+
+    ``before`` = (scale, shift): a per-channel affine map (the previous layer's batch norm) that the
+    caller leaves off the input, folded in here: the shift into the bias (reflection keeps a
+    constant constant), the scale into the weights, or with ``scale_plus`` into the forward's
+    ``x * scale + plus``.
     """
 
-    def __init__(self, block: nn.Module, precision: str = "float32", affine: bool = True):
+    def __init__(self, block: nn.Module, precision: str = "float32", affine: bool = True,
+                 before: tuple[torch.Tensor, torch.Tensor] | None = None, scale_plus: bool = False):
         super().__init__()
         self.affine = affine
         conv = block.conv.conv
@@ -181,24 +187,33 @@ class FoldedTdnn(nn.Module):
         self.half = self.dilation * (self.kernel_size - 1) // 2
         self.convolves = self.kernel_size > 1 and precision != "int8"
         dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        weight, bias = conv.weight.detach().float(), conv.bias.detach().float()  # (out, in, k), (out,)
+        self.register_buffer("input_scale", None)
+        if before is not None:
+            bias = bias + weight.sum(dim=2) @ before[1].float()
+            if scale_plus:
+                self.input_scale = before[0].detach().to(dtype).clone()
+            else:
+                weight = weight * before[0].float()[None, :, None]
         if self.convolves:  # (out, in, k) → (out, in, 1, k), channels-last like its input
-            weight = conv.weight.detach().to(dtype).unsqueeze(2)
+            weight = weight.to(dtype).unsqueeze(2)
             self.register_buffer("conv_weight", weight.contiguous(memory_format=torch.channels_last))
-            self.register_buffer("conv_bias", conv.bias.detach().to(dtype).clone())
+            self.register_buffer("conv_bias", bias.to(dtype).clone())
         else:  # (out, in, k) → (out, k·in): tap-major, matching the gathered (frames, k, in) layout
-            weight = conv.weight.detach().permute(0, 2, 1).reshape(conv.out_channels, -1)
-            self.linear = Dense(weight, conv.bias, precision, relu=True)
+            self.linear = Dense(weight.permute(0, 2, 1).reshape(conv.out_channels, -1), bias, precision, relu=True)
         scale, shift = _affine(block.norm)
         self.register_buffer("scale", scale.detach().to(dtype).clone())
         self.register_buffer("shift", shift.detach().to(dtype).clone())
 
     def forward(self, x: torch.Tensor, taps: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
                 plus: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The layer applied to ``x + plus`` (``plus`` optional, same shape), written into ``out`` if given."""
+        """The layer applied to ``x + plus`` (``plus`` optional, same shape; ``x * input_scale + plus`` with
+        ``scale_plus``), written into ``out`` if given."""
         if self.convolves:
             y = self._convolve(x, plus, *taps)
         else:
-            x = x if plus is None else x + plus
+            if plus is not None:
+                x = x + plus if self.input_scale is None else torch.addcmul(plus, x, self.input_scale)
             if self.kernel_size > 1:
                 rows = torch.arange(x.shape[0], device=x.device)[:, None, None]
                 x = x[rows, taps].flatten(2)
@@ -213,10 +228,13 @@ class FoldedTdnn(nn.Module):
         """ReLU(conv(x + plus)) with per-row reflect padding: x (B, T, C_in) → (B, T, C_out), both time-major."""
         batch, frames, channels = x.shape
         padded = x.new_empty(batch, frames + 2 * self.half, channels)
+        interior = padded[:, self.half: self.half + frames]
         if plus is None:
-            padded[:, self.half: self.half + frames] = x
+            interior.copy_(x)
+        elif self.input_scale is None:
+            torch.add(x, plus, out=interior)
         else:
-            torch.add(x, plus, out=padded[:, self.half: self.half + frames])
+            torch.addcmul(plus, x, self.input_scale, out=interior)
         padded[:, self.half + frames:] = 0  # read only by padded outputs, but those must stay finite
         flat = padded.view(-1, channels)
         flat.index_copy_(0, edges, flat.index_select(0, sources))
@@ -247,9 +265,17 @@ class FoldedSERes2Net(nn.Module):
 
     def __init__(self, block: nn.Module, precision: str = "float32"):
         super().__init__()
-        self.tdnn1, self.tdnn2 = FoldedTdnn(block.tdnn1, precision), FoldedTdnn(block.tdnn2, precision)
-        self.res2net = nn.ModuleList(FoldedTdnn(b, precision) for b in block.res2net_block.blocks)
+        # the first TDNN's batch norm is folded into its consumers: the first chunk's into the second TDNN,
+        # the others' into the Res2Net convolutions (the second chunk's wholly, the later ones' scale into
+        # the sum with the previous output)
+        self.tdnn1 = FoldedTdnn(block.tdnn1, precision, affine=False)
         self.scale = block.res2net_block.scale
+        scales, shifts = (part.split(len(part) // self.scale) for part in _affine(block.tdnn1.norm))
+        self.res2net = nn.ModuleList(FoldedTdnn(b, precision, before=(scales[i], shifts[i]), scale_plus=i > 1)
+                                     for i, b in enumerate(block.res2net_block.blocks, start=1))
+        rest = block.tdnn2.conv.conv.in_channels - len(scales[0])
+        self.tdnn2 = FoldedTdnn(block.tdnn2, precision, before=(F.pad(scales[0], (0, rest), value=1.0),
+                                                                F.pad(shifts[0], (0, rest))))
         first = self.res2net[0]
         self.kernel_size, self.dilation, self.half, self.convolves = (first.kernel_size, first.dilation,
                                                                       first.half, first.convolves)
@@ -261,7 +287,8 @@ class FoldedSERes2Net(nn.Module):
         residual = x if self.shortcut is None else self.shortcut(x)
         x = self.tdnn1(x)
         chunks = x.chunk(self.scale, dim=2)
-        # each Res2Net output overwrites the chunk it has just read, so x becomes their concatenation
+        # each Res2Net output overwrites the chunk it has just read, so x becomes their concatenation (its first
+        # chunk, like each convolution's input, before the first TDNN's batch norm: folded into the readers)
         for index, conv in enumerate(self.res2net, start=1):
             conv(chunks[index], taps, plus=chunks[index - 1] if index > 1 else None, out=chunks[index])
         x = self.tdnn2(x)
