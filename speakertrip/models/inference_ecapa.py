@@ -47,6 +47,9 @@ from speakertrip.errors import ConfigError
 from speakertrip.models.artifact import weights_stamp
 
 PRECISIONS = ("float32", "bfloat16", "int8")
+# batches are padded to a multiple of this many frames on a CPU: oneDNN builds (JIT-compiles) its kernels for each new
+# shape, which costs about one forward; with lengths on a grid a corpus reuses a few dozen shapes
+FRAME_GRID = 32
 
 
 def _reflect(positions: torch.Tensor, lengths: torch.Tensor, frames: int) -> torch.Tensor:
@@ -339,6 +342,9 @@ class InferenceEcapa(nn.Module):
             lengths = torch.full((batch,), frames, dtype=torch.int64, device=features.device)
         else:
             lengths = frame_lengths.to(features.device, torch.int64).clamp(1, frames)
+        if features.device.type == "cpu" and frames % FRAME_GRID:  # padded frames change no row's result
+            features = F.pad(features, (0, 0, 0, FRAME_GRID - frames % FRAME_GRID))
+            frames = features.shape[1]
         mask = torch.arange(frames, device=features.device)[None] < lengths[:, None]  # (B, T)
         weights = (mask / lengths[:, None]).to(self.dtype)  # mean over valid frames, (B, T)
         taps: dict[tuple, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
