@@ -6,7 +6,9 @@ from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
 from speakertrip.models import EmbeddingModel
 from speakertrip.models.batched import embed_many
 from speakertrip.features import FeatureConfig
-from speakertrip.models.inference_ecapa import InferenceEcapa, inference_model, reflect_edges, reflect_taps
+from speakertrip.models.inference_ecapa import (InferenceEcapa, _centred, _softmax_moments_low,
+                                               _uniform_moments_low, inference_model, reflect_edges,
+                                               reflect_taps)
 from speakertrip.testing import randomise_batch_norms, speech_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,6 +43,31 @@ def test_reflect_edges_make_a_buffer_that_pads_each_row_alone():
                 assert buffer[row, : n + 2 * half].tolist() == expected.tolist(), (half, row)
             taps = reflect_taps(lengths, 17, 3, half)[row, :n]  # every tap of a valid frame agrees
             np.testing.assert_array_equal(buffer[row, np.arange(n)[:, None] + half * np.arange(3)], taps.numpy())
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("bounded", [True, False])
+def test_low_precision_pooling_moments_match_a_brute_force_softmax(dtype, tolerance, bounded):
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([7, 3, 5])
+    mask = torch.arange(7)[None] < lengths[:, None]
+    r = (5.0 + torch.rand(3, 7, 4, generator=generator)).to(dtype)  # a large mean: centring keeps bfloat16 exact
+    scale = 4.0 if bounded else 60.0  # beyond 40 the scores need the running maximum (exp would overflow)
+    scores = (scale * torch.randn(3, 7, 4, generator=generator)).clamp(-scale, scale).to(dtype)
+    r[~mask], scores[~mask] = 1e3, 1e4  # padded frames must not reach the moments (exp overflows there)
+    weights = (mask / lengths[:, None])[..., None].to(dtype)
+    centre, centred = _centred(r, weights)
+    mean, var = _uniform_moments_low(centre, centred, weights)
+    softmax_mean, softmax_var = _softmax_moments_low(centre, centred, scores.clone(), mask, bounded)
+    for row, n in enumerate(lengths.tolist()):
+        x, s = r[row, :n].double(), scores[row, :n].double()
+        w = s.softmax(dim=0)
+        torch.testing.assert_close(mean[row].double(), x.mean(dim=0), atol=tolerance, rtol=0)
+        torch.testing.assert_close(var[row].double(), x.var(dim=0, unbiased=False), atol=tolerance, rtol=0)
+        expected = (w * x).sum(dim=0)
+        torch.testing.assert_close(softmax_mean[row].double(), expected, atol=tolerance, rtol=0)
+        torch.testing.assert_close(softmax_var[row].double(), (w * (x - expected) ** 2).sum(dim=0), atol=tolerance,
+                                   rtol=0)
 
 
 @pytest.mark.parametrize("global_context", [True, False])
