@@ -3,14 +3,18 @@
 :class:`InferenceEcapa` computes what SpeechBrain's ECAPA lobe computes in eval mode (to float32
 rounding, ~1e-6 on unit embeddings) for a padded batch as if every row ran alone:
 
-- activations stay time-major ``(B, frames, C)``, so every 1×1 convolution is one GEMM
-  (``F.linear``) and a dilated k-tap convolution is one gather of k reflected frames per output
-  frame followed by one GEMM; the gather index mirrors each row about its own last valid frame
-  and is built once per (kernel, dilation), shared by all the convolutions that use it;
-- batch norm after ReLU becomes one fused scale-and-shift (``addcmul``); the last one (``asp_bn``)
-  is folded into the final linear layer, and the MFA layer's is never applied to its (B, T, 1536)
-  output: it is folded into the attention's first layer and applied to the pooled statistics
-  (per channel: mean → scale · mean + shift, std → |scale| · std);
+- activations stay time-major ``(B, frames, C)``, so every 1×1 convolution is one GEMM and a
+  dilated k-tap convolution is one channels-last 2-D convolution over a copy of its input padded
+  with each row's own reflection (int8: a gather of k reflected frames per output frame, then one
+  GEMM); the reflection indices mirror each row about its own last valid frame and are built once
+  per (kernel, dilation), shared by all the convolutions that use them;
+- batch norm after ReLU becomes one fused scale-and-shift (``addcmul``) where a reader needs it,
+  and is folded into the readers otherwise: ``asp_bn`` into the final linear layer, each SE-Res2Net
+  block's first one into the second TDNN and the Res2Net convolutions, the MFA layer's into the
+  attention's first layer and the pooled statistics (per channel: mean → scale · mean + shift,
+  std → |scale| · std), so that its (B, T, 1536) output is never rescaled;
+- on a CPU a batch is padded to a multiple of :data:`FRAME_GRID` frames, so that oneDNN reuses
+  the kernels it built for earlier shapes;
 - the attention's global context ``W [x; mean; std]`` is split into ``W_x x`` and a per-utterance
   constant, saving two thirds of that layer's multiply-adds;
 - masks and means use integer frame lengths, so no padded frame reaches a valid one.
