@@ -3,9 +3,10 @@
 Every backend maps ``(waveforms (B, T), lengths (B,))`` to L2-normalised ``(B, D)`` float32
 embeddings, each row as if it ran alone; they differ in speed and in how close they stay to the
 model computed in float32. The tolerance below bounds the max |difference| of unit embeddings
-measured by ``scripts/bench_embed.py`` (bfloat16: 1e-3 on ECAPA-512 with random weights, 3e-3 on a
+measured by ``scripts/bench_embed.py`` (bfloat16: 1e-3 on ECAPA-512 with random weights, 2e-3 on a
 trained 128-d demo ECAPA; int8: 5e-3 and 7e-3); the EER changes are in the README's Speed section
-(bfloat16 none on the demo's held-out list; int8 +0.05 to +0.10 points there, so it is not the default):
+(bfloat16 none on the demo's lists; int8 0 to +0.10 points there from run to run, and slower than
+bfloat16, so it is not the default):
 
 ============  =========================================================================  ===========
 backend       computes                                                                   tolerance
