@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="training steps of every run (default 150; --quick 4)")
     parser.add_argument("--channels", type=int, help="ECAPA width of every run (default 64, the size the published "
                         "table was run at; --quick: the quick demo's)")
+    parser.add_argument("--speakers", type=int, help="eSpeak speakers in the corpus, the 40 held out included (default "
+                        "220, the size the published table was run at; --quick: the quick demo's)")
     parser.add_argument("--losses", nargs="*", choices=sorted(LOSSES), metavar="NAME",
                         help=f"a subset of: {', '.join(LOSSES)}")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
@@ -216,9 +218,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict]]:
 
     demo = QUICK if args.quick else FULL
     channels = args.channels or (demo.channels if args.quick else 64)
-    settings = dataclasses.replace(demo, steps=args.steps, channels=channels)
+    speakers = args.speakers or (demo.speakers if args.quick else 220)
+    settings = dataclasses.replace(demo, steps=args.steps, channels=channels, speakers=speakers)
     args.out.mkdir(parents=True, exist_ok=True)
-    espeak = prepare_data(demo, args.out / "synth", seed=0, progress=False)
+    espeak = prepare_data(settings, args.out / "synth", seed=0, progress=False)
     lists = trial_lists(args, espeak)
     print(f"{len(args.losses)} losses x {args.seeds} seeds, {settings.steps} steps of {settings.p} x {settings.k} "
           f"crops of {settings.crop_seconds} s, ECAPA C={settings.channels}; lists: "

@@ -52,7 +52,7 @@ class DemoSettings:
     lr: float
 
 
-FULL = DemoSettings(speakers=220, test_speakers=20, dev_speakers=20, utterances=16, sessions=4, channels=128,
+FULL = DemoSettings(speakers=540, test_speakers=20, dev_speakers=20, utterances=16, sessions=4, channels=128,
                     n_mels=40, crop_seconds=1.5, p=16, k=4, steps=500, lr=4e-3)
 QUICK = DemoSettings(speakers=40, test_speakers=6, dev_speakers=3, utterances=8, sessions=2, channels=32,
                      n_mels=40, crop_seconds=1.0, p=8, k=4, steps=60, lr=4e-3)
