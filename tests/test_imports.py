@@ -42,3 +42,11 @@ def test_prepare_score_and_metrics_commands_run_without_torch(tmp_path):
                      f"for argv in {commands!r}:\n    assert main(argv) == 0, argv\n"
                      "print('torch loaded' if 'torch' in sys.modules else 'no torch')")
     assert out.strip().endswith("no torch")
+
+
+def test_building_the_command_line_imports_no_numpy():
+    # every command builds the whole parser (`speakertrip metrics --help` too): help texts must not import a stage
+    out = run_python("import sys\nfrom speakertrip.cli import build_parser\nparser = build_parser()\n"
+                     "parser.parse_args(['prepare', 'synth', '--out', 'x'])\n"
+                     "print(sorted({'numpy', 'torch', 'soundfile'} & set(sys.modules)))")
+    assert out.strip() == "[]"

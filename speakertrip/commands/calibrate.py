@@ -16,7 +16,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from speakertrip.commands.metrics import probability
-from speakertrip.data.items import DATA_HELP
+from speakertrip.commands import DATA_HELP
 
 if TYPE_CHECKING:
     from speakertrip.evaluation.dev_calibration import DevCalibration

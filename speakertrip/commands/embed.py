@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from speakertrip.data.items import DATA_HELP
+from speakertrip.commands import DATA_HELP
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

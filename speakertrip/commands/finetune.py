@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from speakertrip.data.items import DATA_HELP
+from speakertrip.commands import DATA_HELP
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

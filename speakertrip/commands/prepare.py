@@ -7,19 +7,26 @@ One subcommand per corpus module of `speakertrip.corpora`; each parses its optio
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import json
 import time
 from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from speakertrip.corpora import cnceleb, synth, voxceleb
-
     parser = subparsers.add_parser("prepare", help="prepare a corpus: manifests and trial lists")
     corpora = parser.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
-    add_voxceleb(corpora, voxceleb.__doc__)
-    add_cnceleb(corpora, cnceleb.__doc__)
-    add_synth(corpora, synth.__doc__.split("\n>>>")[0])
+    add_voxceleb(corpora, module_doc("speakertrip.corpora.voxceleb"))
+    add_cnceleb(corpora, module_doc("speakertrip.corpora.cnceleb"))
+    add_synth(corpora, module_doc("speakertrip.corpora.synth").split("\n>>>")[0])
+
+
+def module_doc(name: str) -> str:
+    """A module's docstring, read from its source without importing it: every command builds this parser, and
+    importing the corpus modules would load numpy, soundfile and tqdm into ``speakertrip metrics --help``."""
+    source = Path(importlib.util.find_spec(name).origin).read_text(encoding="utf-8")
+    return ast.get_docstring(ast.parse(source), clean=False) or ""
 
 
 def add_voxceleb(corpora: argparse._SubParsersAction, description: str) -> None:

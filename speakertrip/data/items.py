@@ -24,10 +24,6 @@ from speakertrip.data.manifest import Utterance, build_utterances, read_manifest
 from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
-DATA_HELP = ("an audio folder in the VoxCeleb layout (DIR/<speaker>/<session>/<utt>.wav; keys are paths relative to "
-             "DIR, the speaker is the first folder) or a manifest .jsonl (keys: utt_id)")
-
-
 def voxceleb_speaker(key: str) -> str:
     """The speaker of a VoxCeleb-style key ``SPEAKER/VIDEO/UTT.wav``: its first path component."""
     speaker, slash, _ = key.partition("/")

@@ -25,16 +25,21 @@ def pav_blocks(groups: ScoreGroups) -> ScoreGroups:
     scikit-learn's weighted ``isotonic_regression`` fits, without importing scikit-learn and SciPy
     (about 0.9 s of every ``speakertrip score``).
     """
+    targets, sizes = groups.targets.astype(np.int64), (groups.targets + groups.nontargets).astype(np.int64)
+    # neighbours with the same target fraction end in the same block (the fit of a run of equal values is
+    # constant), so runs of them are pooled first and the loop runs over runs: most scores are one trial, 0 or 1
+    changes = np.flatnonzero(targets[1:] * sizes[:-1] != targets[:-1] * sizes[1:]) + 1
+    runs = np.concatenate([[0], changes]).astype(np.int64)[:len(targets)]
     block_targets: list[int] = []
     block_sizes: list[int] = []
     block_starts: list[int] = []
-    sizes = (groups.targets + groups.nontargets).tolist()
-    for start, (targets, size) in enumerate(zip(groups.targets.tolist(), sizes)):
-        while block_targets and block_targets[-1] * size >= targets * block_sizes[-1]:  # not rising: pool
-            targets, size = targets + block_targets.pop(), size + block_sizes.pop()
+    run_targets, run_sizes = np.add.reduceat(targets, runs).tolist(), np.add.reduceat(sizes, runs).tolist()
+    for start, run_target, run_size in zip(runs.tolist(), run_targets, run_sizes):
+        while block_targets and block_targets[-1] * run_size >= run_target * block_sizes[-1]:  # not rising: pool
+            run_target, run_size = run_target + block_targets.pop(), run_size + block_sizes.pop()
             start = block_starts.pop()
-        block_targets.append(targets)
-        block_sizes.append(size)
+        block_targets.append(run_target)
+        block_sizes.append(run_size)
         block_starts.append(start)
     starts = np.array(block_starts, dtype=np.int64)
     return ScoreGroups(groups.values[starts], np.add.reduceat(groups.targets, starts),
