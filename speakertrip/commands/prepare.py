@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
 import time
 from pathlib import Path
@@ -17,15 +16,18 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("prepare", help="prepare a corpus: manifests and trial lists")
     corpora = parser.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
-    add_voxceleb(corpora, module_doc("speakertrip.corpora.voxceleb"))
-    add_cnceleb(corpora, module_doc("speakertrip.corpora.cnceleb"))
-    add_synth(corpora, module_doc("speakertrip.corpora.synth").split("\n>>>")[0])
+    add_voxceleb(corpora, corpus_doc("voxceleb"))
+    add_cnceleb(corpora, corpus_doc("cnceleb"))
+    add_synth(corpora, corpus_doc("synth").split("\n>>>")[0])
 
 
-def module_doc(name: str) -> str:
-    """A module's docstring, read from its source without importing it: every command builds this parser, and
-    importing the corpus modules would load numpy, soundfile and tqdm into ``speakertrip metrics --help``."""
-    source = Path(importlib.util.find_spec(name).origin).read_text(encoding="utf-8")
+def corpus_doc(corpus: str) -> str:
+    """The docstring of ``speakertrip.corpora.<corpus>``, read from its source without importing it: every command
+    builds this parser, and importing the corpus modules would load numpy, soundfile and tqdm into
+    ``speakertrip metrics --help``."""
+    from speakertrip import corpora
+
+    source = (Path(corpora.__file__).parent / f"{corpus}.py").read_text(encoding="utf-8")
     return ast.get_docstring(ast.parse(source), clean=False) or ""
 
 
