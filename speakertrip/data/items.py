@@ -24,6 +24,8 @@ from speakertrip.data.manifest import Utterance, build_utterances, read_manifest
 from speakertrip.errors import ConfigError, FormatError, SpeakertripError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
 def voxceleb_speaker(key: str) -> str:
     """The speaker of a VoxCeleb-style key ``SPEAKER/VIDEO/UTT.wav``: its first path component."""
     speaker, slash, _ = key.partition("/")

@@ -260,8 +260,14 @@ def _dense(conv: nn.Module | None, precision: str, scale: torch.Tensor | None = 
     conv = getattr(conv, "conv", conv)
     weight, bias = conv.weight.detach()[..., 0], conv.bias.detach()
     if scale is not None:
-        weight, bias = weight * scale, bias + weight @ shift
+        weight, bias = _fold_before(weight, bias, scale, shift)
     return Dense(weight, bias, precision, relu)
+
+
+def _fold_before(weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor,
+                 shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W', b') with W' x + b' = W (x * scale + shift) + b: a per-input-channel affine map folded into a GEMM."""
+    return weight * scale, bias + weight @ shift
 
 
 class FoldedSERes2Net(nn.Module):
@@ -327,7 +333,7 @@ class InferenceEcapa(nn.Module):
         tdnn = asp.tdnn.conv.conv  # the attention TDNN (1×1); its batch norm stays an affine map in float32
         weight, channels = tdnn.weight.detach()[..., 0], encoder.mfa.conv.conv.out_channels
         weight_x = weight[:, :channels]  # reads the MFA output before its batch norm: the norm folded in
-        self.attention = Dense(weight_x * mfa_scale, tdnn.bias + weight_x @ mfa_shift, precision)
+        self.attention = Dense(*_fold_before(weight_x, tdnn.bias, mfa_scale, mfa_shift), precision)
         # W [x; mean; std] = W_x x + (W_mean mean + W_std std), the latter one constant per row
         self.context = Dense(weight[:, channels:], None, precision) if self.global_context else None
         scale, shift = _affine(asp.tdnn.norm)

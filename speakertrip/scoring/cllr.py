@@ -29,7 +29,7 @@ def pav_blocks(groups: ScoreGroups) -> ScoreGroups:
     # neighbours with the same target fraction end in the same block (the fit of a run of equal values is
     # constant), so runs of them are pooled first and the loop runs over runs: most scores are one trial, 0 or 1
     changes = np.flatnonzero(targets[1:] * sizes[:-1] != targets[:-1] * sizes[1:]) + 1
-    runs = np.concatenate([[0], changes]).astype(np.int64)[:len(targets)]
+    runs = np.concatenate([[0], changes])[:len(targets)]
     block_targets: list[int] = []
     block_sizes: list[int] = []
     block_starts: list[int] = []
