@@ -235,8 +235,10 @@ def calibrate_on_synthetic_speakers(args: argparse.Namespace, model: st.Embeddin
     """1. A mixed-duration dev list from unseen training-language speakers, calibrated through the CLI."""
     extra = work / "dev_synth"
     if not (extra / "data" / "train.jsonl").is_file():
-        assert cli(["prepare", "synth", "--out", str(extra), "--speakers", str(DEV_SPEAKERS + 2),
-                    "--test-speakers", "2", "--seed", str(DEV_SEED)]) == 0
+        # a process of its own: each per-speaker worker re-imports the calling script's __main__, and this
+        # one imports torch (seconds per speaker); `python -m speakertrip` imports little
+        subprocess.run([sys.executable, "-m", "speakertrip", "prepare", "synth", "--out", str(extra), "--speakers",
+                        str(DEV_SPEAKERS + 2), "--test-speakers", "2", "--seed", str(DEV_SEED)], check=True)
     dev_keys, dev_speakers = [], []
     for name, manifest in (("demo_dev", args.data / "dev.jsonl"), ("synth_dev", extra / "data" / "train.jsonl")):
         keys, speakers, _ = write_cuts(manifest, work / "dev", model.sample_rate, prefix=f"{name}-")

@@ -50,12 +50,13 @@ class DemoSettings:
     k: int  # utterances per speaker in a batch
     steps: int
     lr: float
+    verify_far: float | None  # the enrol/verify example's operating point (None: the dev EER threshold)
 
 
-FULL = DemoSettings(speakers=540, test_speakers=20, dev_speakers=20, utterances=16, sessions=4, channels=128,
-                    n_mels=40, crop_seconds=1.5, p=16, k=4, steps=500, lr=4e-3)
+FULL = DemoSettings(speakers=600, test_speakers=40, dev_speakers=60, utterances=16, sessions=4, channels=128,
+                    n_mels=40, crop_seconds=1.5, p=16, k=4, steps=1000, lr=4e-3, verify_far=0.01)
 QUICK = DemoSettings(speakers=40, test_speakers=6, dev_speakers=3, utterances=8, sessions=2, channels=32,
-                     n_mels=40, crop_seconds=1.0, p=8, k=4, steps=60, lr=4e-3)
+                     n_mels=40, crop_seconds=1.0, p=8, k=4, steps=60, lr=4e-3, verify_far=None)
 
 
 @dataclass(frozen=True)
@@ -98,16 +99,18 @@ def split_held_out(held_out: Sequence[Utterance], test_speakers: int, test: Path
     """Keep the last ``test_speakers`` held-out speakers (by id) in ``test`` and ``test_trials`` (rewritten);
     the others become the dev set, ``dev.jsonl`` and ``dev_trials.txt`` beside ``test``.
 
-    Both trial lists are balanced and cross-session (:func:`speakertrip.data.split.make_trials`). Returns
-    the paths of the dev manifest and the dev trials.
+    Both trial lists are cross-session (:func:`speakertrip.data.split.make_trials`). The test list is
+    balanced; the dev list holds every non-target pair, since the operating points recorded from it
+    (``far=0.01``, ``far=0.001``) rest on the tail of its non-target scores. Returns the paths of the dev
+    manifest and the dev trials.
     """
     from speakertrip.data.split import hold_out_speakers, make_trials, write_trials
 
     dev_rows, test_rows = hold_out_speakers(held_out, test_speakers, seed=None, option="test_speakers")
     dev, dev_trials = test.parent / "dev.jsonl", test.parent / "dev_trials.txt"
-    for rows, manifest, trials in ((dev_rows, dev, dev_trials), (test_rows, test, test_trials)):
+    for rows, manifest, trials, balanced in ((dev_rows, dev, dev_trials, False), (test_rows, test, test_trials, True)):
         write_manifest(rows, manifest)
-        write_trials(make_trials(rows, max_trials=None, seed=seed, balanced=True, cross_session=True), trials)
+        write_trials(make_trials(rows, max_trials=None, seed=seed, balanced=balanced, cross_session=True), trials)
     return dev, dev_trials
 
 
@@ -155,15 +158,17 @@ def score_system(utterances: Sequence[Utterance], embeddings: np.ndarray, trials
     return scores, compute_metrics(scores, trials.labels.astype(np.int8))
 
 
-def verify_example(model: Any, test: Sequence[Utterance], store: Path, enroll_count: int = 3) -> list[str]:
-    """Enrol two held-out speakers through the Python API; verify a genuine and an impostor utterance."""
+def verify_example(model: Any, test: Sequence[Utterance], store: Path, enroll_count: int = 3,
+                   far: float | None = None) -> list[str]:
+    """Enrol two held-out speakers through the Python API; verify a genuine and an impostor utterance at the
+    threshold of ``far`` on the dev trials (None: the dev EER threshold)."""
     from speakertrip.verification.verifier import Verifier
 
     by_speaker: dict[str, list[Utterance]] = {}
     for u in test:
         by_speaker.setdefault(u.spk_id, []).append(u)
     alice, bob = sorted(by_speaker)[:2]
-    verifier = Verifier(model, store=store)
+    verifier = Verifier(model, store=store, far=far)
     lines = []
     for name in (alice, bob):
         count = verifier.enroll(name, [u.path for u in by_speaker[name][:enroll_count]], replace=True)
@@ -173,7 +178,7 @@ def verify_example(model: Any, test: Sequence[Utterance], store: Path, enroll_co
         result = verifier.verify(alice, utterance.path)
         decision = "ACCEPT" if result.accepted else "REJECT"
         lines.append(f"verify {alice} <- {utterance.utt_id} ({label}): score {result.score:+.3f} "
-                     f"threshold {result.threshold:+.3f} -> {decision}")
+                     f"threshold {result.threshold:+.3f} ({verifier.operating_point}) -> {decision}")
     return lines
 
 
@@ -219,7 +224,7 @@ def run_demo(out: str | Path = "demo_out", quick: bool = False, seed: int = 0, w
                    title="held-out synthetic speakers")
 
     say("[5/5] enrol and verify through the Python API")
-    decisions = verify_example(trained, test, out / "speakers.db")
+    decisions = verify_example(trained, test, out / "speakers.db", far=settings.verify_far)
 
     results = {name: metrics.to_dict() for name, (_, metrics) in scored.items()}
     summary = {"settings": asdict(settings), "seed": seed, "seconds": round(time.perf_counter() - started, 1),

@@ -72,6 +72,11 @@ def test_split_held_out_gives_the_last_speakers_to_the_test_and_the_others_to_de
         listed = read_trials(trials)
         assert {key.split("/")[0] for key in listed.enroll + listed.test} == {u.spk_id for u in rows}
         assert listed.labels.any() and not listed.labels.all()
+    test_list, dev_list = read_trials(paths["veri_test2"]), read_trials(dev_trials)
+    assert test_list.labels.sum() == (~test_list.labels.astype(bool)).sum()  # the test list is balanced
+    every_pair = {frozenset((a.utt_id, b.utt_id)) for a in dev_rows for b in dev_rows if a.spk_id < b.spk_id}
+    assert {frozenset(pair) for pair, label in zip(zip(dev_list.enroll, dev_list.test), dev_list.labels)
+            if not label} == every_pair  # the dev list scores every non-target pair: its tail sets far=0.001
 
 
 def test_mean_logmel_baseline_is_the_mean_unnormalised_log_mel(tmp_path):

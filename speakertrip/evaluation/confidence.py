@@ -63,8 +63,9 @@ CONFIDENCE = 0.95
 MIN_ERRORS = 10  # fewer dev errors expected at a rate: below what the dev trials resolve
 WIDE = 2.0  # an interval of the realised rate reaching below rate / WIDE or above rate * WIDE is wide
 KINDS = ("far", "frr")
-ADVICE = ("calibrate on 40 or more speakers of your own domain (`speakertrip calibrate --model M --data DIR "
-          "--out M2`) or adapt to your enrolled speakers (Verifier(..., adapt=True))")
+ADVICE = ("calibrate on more speakers of your own domain (40 at least; rarer rates need more speaker pairs: "
+          "`speakertrip calibrate --model M --data DIR --out M2`) or adapt to your enrolled speakers "
+          "(Verifier(..., adapt=True))")
 
 
 class OperatingPointWarning(UserWarning):
