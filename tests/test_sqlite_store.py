@@ -65,6 +65,29 @@ def test_an_idle_store_folds_its_log_into_the_file_without_being_closed(tmp_path
     store.close(), other.close()
 
 
+
+def test_a_store_let_go_after_its_idle_checkpoint_closes_without_the_garbage_collector(tmp_path):
+    """The idle timer holds the store only until it has checkpointed: then dropping the last reference frees
+    the store and its connection at once, as for any SQLite connection (no cycle left for the collector)."""
+    import gc
+    import weakref
+
+    store = open_store(tmp_path / "s.db", "m", 4, idle_checkpoint=0.05)
+    store.add("alice", np.eye(4, dtype=np.float32)[:1], ["a.wav"])
+    gone = weakref.ref(store)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        deadline = time.monotonic() + 30
+        while store._timer is not None and time.monotonic() < deadline:  # the checkpoint has run
+            time.sleep(0.02)
+        del store
+        assert gone() is None
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def read_only_mount(folder: Path) -> list[str] | None:
     """A command prefix under which ``folder`` is a read-only bind mount (root needs one: permissions do not
     stop root), or None where mount namespaces are not allowed."""

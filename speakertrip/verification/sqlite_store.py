@@ -347,6 +347,10 @@ class SqliteStore(EnrolmentStore):
                     db.close()
             except sqlite3.Error:
                 pass  # busy or gone: the next write, or close(), checkpoints
+            finally:
+                with self._lock:  # a finished timer holds this method, hence the store: let the store go
+                    if self._timer is threading.current_thread():
+                        self._timer = None
 
     def close(self) -> None:
         """Close every thread's connection, folding the write-ahead log into the file first (a later
@@ -355,6 +359,7 @@ class SqliteStore(EnrolmentStore):
             connections, self._connections, self._closed = self._connections, [], True
             if self._timer is not None:
                 self._timer.cancel()
+                self._timer = None
         with self._checkpointing:  # a checkpoint already running finishes first: its connection must not
             pass                   # outlive ours, or the log would stay beside the file when this process exits
         if connections and not self.read_only:
