@@ -1,6 +1,7 @@
 """What only the SQLite store has to get right: its write-ahead log (a deleted speaker must never come back)
 and a damaged file (every read is a CorruptStoreError, the CLI prints one line)."""
 
+import gc
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -65,13 +67,9 @@ def test_an_idle_store_folds_its_log_into_the_file_without_being_closed(tmp_path
     store.close(), other.close()
 
 
-
 def test_a_store_let_go_after_its_idle_checkpoint_closes_without_the_garbage_collector(tmp_path):
     """The idle timer holds the store only until it has checkpointed: then dropping the last reference frees
     the store and its connection at once, as for any SQLite connection (no cycle left for the collector)."""
-    import gc
-    import weakref
-
     store = open_store(tmp_path / "s.db", "m", 4, idle_checkpoint=0.05)
     store.add("alice", np.eye(4, dtype=np.float32)[:1], ["a.wav"])
     gone = weakref.ref(store)
